@@ -1,0 +1,10 @@
+//! `prefixcache serve` (not built yet).
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`prefixcache serve` is not available in this build yet")
+}

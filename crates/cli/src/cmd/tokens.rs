@@ -1,0 +1,10 @@
+//! `prefixcache tokens` (not built yet).
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`prefixcache tokens` is not available in this build yet")
+}

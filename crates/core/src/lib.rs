@@ -1,0 +1,18 @@
+//! Pure logic of prefixcache: everything that can be decided without I/O.
+//!
+//! The proxy, the stores, the mock upstream and the offline tools all build on these
+//! types, so each concept lives here exactly once. Nothing in this crate touches the
+//! network, the disk or the clock (time is passed in).
+//!
+//! # Layout
+//! - [`route`]: the cached OpenAI routes and their paths.
+//! - [`config`]: `prefixcache.toml` (raw, validated), strategies and their matchers.
+//! - [`key`]: canonical request JSON, tenants, cache keys and request hashes.
+//! - [`tokenizer`]: tiktoken-exact encodings and the model-name table.
+//! - [`usage`]: token usage of a response, normalized across routes.
+
+pub mod config;
+pub mod key;
+pub mod route;
+pub mod tokenizer;
+pub mod usage;

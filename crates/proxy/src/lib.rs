@@ -1,0 +1,1 @@
+//! The prefixcache HTTP server. Not built yet.
