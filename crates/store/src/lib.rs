@@ -6,9 +6,11 @@
 //!
 //! # Layout
 //! - [`clock`]: wall-clock milliseconds, real or manual (for TTL tests without sleeps).
+//! - [`entry`]: the versioned, checksummed binary encoding of an [`Entry`].
 //! - `lib.rs`: the trait, the entry, errors, stats and purge filters.
 
 pub mod clock;
+pub mod entry;
 
 use std::fmt;
 
