@@ -1,1 +1,176 @@
-//! The prefixcache HTTP server. Not built yet.
+//! The prefixcache HTTP server: an OpenAI-compatible proxy that answers repeated
+//! requests from its cache and forwards everything else faithfully.
+//!
+//! [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a listener with
+//! graceful shutdown (stop accepting, let in-flight requests and streams finish within
+//! `drain_timeout`, wait for background stores, flush the store).
+//!
+//! # Layout
+//! - [`state`]: shared state; store access that fails open and is measured.
+//! - [`cached`]: the cached routes (lookup, coalescing, forwarding, storing).
+//! - [`flight`]: one upstream response read once and fanned out to its callers.
+//! - [`passthrough`]: every other route, forwarded unchanged.
+//! - [`upstream`]: the pooled upstream client and the forwarding rules.
+//! - [`tenant`]: callers' namespaces and the tenant secret.
+//! - [`headers`]: the contract's request and response headers.
+//! - [`admin`]: `/admin/stats` and `/admin/purge`.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`error`]: errors in OpenAI's JSON shape.
+
+pub mod admin;
+// pub mod cached; (wired when core::wire lands)
+pub mod error;
+pub mod flight;
+pub mod headers;
+pub mod metrics;
+pub mod passthrough;
+pub mod state;
+pub mod tenant;
+pub mod upstream;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prefixcache_core::route::Route;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use state::AppState;
+
+/// The proxy's router: health, metrics, the cached routes, and everything else
+/// forwarded. Admin routes are added here only when an `admin_token` protects them and
+/// no separate `admin_listen` is configured.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text));
+    for route in Route::ALL {
+        // Other methods on a cached path (a GET, say) are not cached but still forwarded.
+        router = router.route(
+            route.path(),
+            post(passthrough::forward).fallback(passthrough::forward),
+        );
+    }
+    if state.config.admin.listen.is_none() && state.config.admin.token.is_some() {
+        router = router.merge(admin::routes());
+    }
+    router.fallback(passthrough::forward).with_state(state)
+}
+
+/// The admin router for `admin_listen`.
+pub fn admin_app(state: AppState) -> Router {
+    admin::routes()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Ready while the process can answer requests: a failing store does not make it
+/// unready (requests fail open to upstream) but is reported as `degraded`.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let timeout = state.config.store.timeout * 2;
+    let store = match tokio::time::timeout(timeout, state.store.health()).await {
+        Ok(Ok(())) => json!({"backend": state.store.backend(), "status": "ok"}),
+        Ok(Err(e)) => {
+            json!({"backend": state.store.backend(), "status": "degraded", "error": e.to_string()})
+        }
+        Err(_) => {
+            json!({"backend": state.store.backend(), "status": "degraded", "error": "health check timed out"})
+        }
+    };
+    let degraded = store["status"] != "ok";
+    state.metrics.store_degraded.set(i64::from(degraded));
+    let body = json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "store": store,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let stats = state.store.stats();
+    state.metrics.entries.set(stats.entries as i64);
+    state.metrics.store_bytes.set(stats.bytes as i64);
+    let mut resp = state.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// Runs the proxy (and the admin listener, if any) until `shutdown` resolves, then
+/// drains: connections get `drain_timeout` to finish, background work (reading
+/// upstream responses, storing them) is waited for, and the store is flushed.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain = state.config.drain_timeout;
+    let begun = CancellationToken::new();
+    let signal = {
+        let begun = begun.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(
+                ?drain,
+                "shutting down: no new connections, draining in-flight requests"
+            );
+            begun.cancel();
+        }
+    };
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let main = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        signal.await;
+        let _ = admin_stop_tx.send(());
+    });
+    let admin = async {
+        match admin_listener {
+            Some(l) => {
+                axum::serve(l, admin_app(state.clone()))
+                    .with_graceful_shutdown(async move {
+                        let _ = admin_stop_rx.await;
+                    })
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let servers = async { tokio::try_join!(main.into_future(), admin).map(|_| ()) };
+    let deadline = async {
+        begun.cancelled().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        r = servers => r?,
+        () = deadline => tracing::warn!(?drain, "drain timeout reached; closing the remaining connections"),
+    }
+    state.tasks.close();
+    if tokio::time::timeout(drain.max(Duration::from_secs(1)), state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running after the drain timeout; abandoning them");
+    }
+    match tokio::time::timeout(Duration::from_secs(30), state.store.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "flushing the store failed"),
+        Err(_) => tracing::warn!("flushing the store timed out"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

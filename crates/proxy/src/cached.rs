@@ -1,0 +1,761 @@
+//! The cached routes (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//! `/v1/responses`): parse once, pick the strategy, derive the key, answer from the
+//! store, join an identical request in flight, or forward upstream and store the result.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prefixcache_core::config::KeyMode;
+use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys};
+use prefixcache_core::route::Route;
+use prefixcache_core::sse::{EventKind, SseSplitter, StreamAssembler};
+use prefixcache_core::usage::Usage;
+use prefixcache_core::wire::{self, Injections};
+use prefixcache_store::{ContentForm, Entry, EntryMeta};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
+use crate::headers::{self, CacheDirectives, is_hop_by_hop};
+use crate::metrics::{CodeLabels, RouteStatusLabels, error_code_label, status_class};
+use crate::state::AppState;
+use crate::tenant;
+use crate::upstream::UpstreamError;
+
+/// How a request was answered; the value of `x-prefixcache-status` and of the
+/// `status` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Bypass,
+    Coalesced,
+}
+
+impl Outcome {
+    pub fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Outcome::Hit => "HIT",
+            Outcome::Miss => "MISS",
+            Outcome::Bypass => "BYPASS",
+            Outcome::Coalesced => "COALESCED",
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+            Outcome::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// What the caller wants the response to look like.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    stream: bool,
+    include_usage: bool,
+    annotate: bool,
+}
+
+/// What the request log line and metrics say about one request.
+#[derive(Debug, Default)]
+struct Ctx {
+    strategy: String,
+    outcome: Option<Outcome>,
+    key: Option<CacheKey>,
+}
+
+/// Handler for every cached route.
+pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let Some(route) = Route::from_path(req.uri().path()) else {
+        // The router only sends cached paths here.
+        return crate::passthrough::forward(State(state), req).await;
+    };
+    let mut ctx = Ctx {
+        strategy: "none".into(),
+        ..Default::default()
+    };
+    let result = handle_inner(&state, route, req, &mut ctx).await;
+    let took = started.elapsed();
+    let (resp, status_label) = match result {
+        Ok(resp) => {
+            let label = ctx.outcome.map_or("error", Outcome::as_str);
+            (resp, label)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "request rejected");
+            (e.into_response(), "error")
+        }
+    };
+    state
+        .metrics
+        .request(route.as_str(), &ctx.strategy, status_label, took);
+    tracing::info!(
+        route = route.as_str(),
+        status = resp.status().as_u16(),
+        outcome = status_label,
+        strategy = %ctx.strategy,
+        latency_ms = took.as_secs_f64() * 1000.0,
+        key = %ctx.key.map(|k| k.short_hex()).unwrap_or_default(),
+        "request"
+    );
+    resp
+}
+
+async fn handle_inner(
+    state: &AppState,
+    route: Route,
+    req: Request,
+    ctx: &mut Ctx,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let raw = read_body(body, &parts.headers, state.config.max_body_bytes).await?;
+    let body = parse_object(&raw)?;
+    let directives = CacheDirectives::from_headers(&parts.headers)?;
+    let flags = wire::request_flags(route, &body);
+    let model = flags.model.as_deref().unwrap_or("");
+    let strategy = state
+        .config
+        .strategy_for(directives.strategy.as_deref(), model, route.path())
+        .map_err(|message| ApiError::BadHeader {
+            header: "x-prefixcache-strategy",
+            message,
+        })?;
+    ctx.strategy = strategy.name.clone();
+
+    let namespace = tenant::namespace(
+        state.config.cache.tenant,
+        &state.tenant_secret,
+        &parts.headers,
+        state.fallback_authorization.as_deref(),
+    );
+    let family: Option<FamilyId> = None;
+    let keys = match compute_keys(&KeyInput {
+        namespace: &namespace,
+        strategy: &strategy.name,
+        route,
+        body: &body,
+        key_mode: strategy.key_mode,
+        family: family.as_ref(),
+        normalize_whitespace: strategy.normalize_whitespace,
+    }) {
+        Ok(keys) => keys,
+        // Without a family a prefix-mode slot cannot be chosen; fall back to the exact
+        // key rather than failing the request.
+        Err(_) => compute_keys(&KeyInput {
+            namespace: &namespace,
+            strategy: &strategy.name,
+            route,
+            body: &body,
+            key_mode: KeyMode::Exact,
+            family: None,
+            normalize_whitespace: strategy.normalize_whitespace,
+        })
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+    };
+    ctx.key = Some(keys.key);
+
+    let ttl = strategy.effective_ttl(directives.ttl);
+    let sampled_skip = flags.sampled && !strategy.cache_sampled;
+    let lookup = !directives.no_cache && !sampled_skip;
+    let store_allowed = !directives.no_store && !sampled_skip && !ttl.is_zero();
+    let want = Want {
+        stream: flags.stream && route.can_stream(),
+        include_usage: flags.include_usage,
+        annotate: strategy.annotate_body,
+    };
+    let labels = Labels {
+        key: keys.key,
+        family,
+    };
+
+    if lookup && let Some(entry) = state.store_get(&keys.key).await {
+        if entry.meta.request_hash == keys.request_hash && entry.meta.route == route {
+            match render(route, entry.meta.form, &entry.body, want, Some(&keys.key), true) {
+                Ok(rendered) => {
+                    ctx.outcome = Some(Outcome::Hit);
+                    let age = state.now_ms().saturating_sub(entry.meta.created_at_ms) / 1000;
+                    let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
+                    set_cache_headers(resp.headers_mut(), Outcome::Hit, &labels);
+                    resp.headers_mut().insert(headers::AGE, HeaderValue::from(age));
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    // An entry we cannot render is useless: drop it and serve a miss.
+                    tracing::warn!(error = %e, key = %keys.key.short_hex(), "stored entry could not be rendered; treating as a miss");
+                    state.store_delete(&keys.key).await;
+                }
+            }
+        } else if strategy.key_mode == KeyMode::Exact {
+            // Different requests under one exact key means a hash collision or a bug;
+            // the check is the article's guard against serving a wrong answer.
+            tracing::warn!(key = %keys.key.short_hex(), "entry's request hash differs from the request's; treating as a miss");
+        }
+    }
+
+    let upstream_body = wire::prepare_upstream_body(
+        &raw,
+        &body,
+        route,
+        &Injections {
+            include_usage: want.stream,
+            prompt_cache_key: None,
+        },
+    )
+    .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let plan = Arc::new(FlightPlan {
+        route,
+        method: parts.method.clone(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or(route.path().to_string(), |p| p.as_str().to_string()),
+        headers: state.upstream.forward_headers(&parts.headers, true),
+        body: upstream_body,
+        store: store_allowed.then(|| StorePlan {
+            key: keys.key,
+            request_hash: keys.request_hash,
+            strategy: strategy.name.clone(),
+            family,
+            namespace_tag: namespace_tag(&namespace),
+            ttl,
+        }),
+    });
+
+    let outcome = if directives.no_cache || sampled_skip {
+        Outcome::Bypass
+    } else {
+        Outcome::Miss
+    };
+
+    if lookup && store_allowed {
+        match state.flights.join_or_lead(keys.key) {
+            Joined::Leader(flight) => {
+                start_flight(state, flight.clone(), plan, Some(keys.key));
+                ctx.outcome = Some(outcome);
+                return respond_live(flight, want, outcome, &labels).await;
+            }
+            Joined::Follower(flight) => {
+                if let Some(resp) = follow(state, &flight, route, want, &labels).await {
+                    state.metrics.coalesced.inc();
+                    ctx.outcome = Some(Outcome::Coalesced);
+                    return Ok(resp);
+                }
+                tracing::debug!(key = %keys.key.short_hex(), "request in flight failed; calling upstream for the follower");
+            }
+        }
+    }
+
+    let (flight, registered) = if store_allowed {
+        (state.flights.lead(keys.key), Some(keys.key))
+    } else {
+        (Flight::new(), None)
+    };
+    start_flight(state, flight.clone(), plan, registered);
+    ctx.outcome = Some(outcome);
+    respond_live(flight, want, outcome, &labels).await
+}
+
+/// Reads the whole body, bounded by `max_body_bytes` (413 beyond it).
+async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    axum::body::to_bytes(body, limit_usize).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::BodyTooLarge { limit };
+            }
+            source = s.source();
+        }
+        ApiError::BodyRead(e.to_string())
+    })
+}
+
+fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::InvalidJson(
+            "request body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "request body is not valid JSON ({e}); send the request as JSON with Content-Type: application/json"
+        ))),
+    }
+}
+
+fn namespace_tag(ns: &prefixcache_core::key::Namespace) -> [u8; 8] {
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&ns.as_bytes()[..8]);
+    tag
+}
+
+/// The cache headers that identify an answer.
+#[derive(Debug, Clone, Copy)]
+struct Labels {
+    key: CacheKey,
+    family: Option<FamilyId>,
+}
+
+fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
+    h.insert(headers::STATUS, outcome.header());
+    if let Ok(v) = HeaderValue::from_str(&labels.key.short_hex()) {
+        h.insert(headers::KEY, v);
+    }
+    if let Some(f) = labels.family
+        && let Ok(v) = HeaderValue::from_str(&f.short_hex())
+    {
+        h.insert(headers::FAMILY, v);
+    }
+}
+
+/// A response rendered from a complete body.
+enum Rendered {
+    Json(Bytes),
+    Events(Vec<Bytes>),
+}
+
+impl Rendered {
+    fn into_response(self, status: StatusCode, mut headers: HeaderMap) -> Response {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::CONTENT_TYPE);
+        let (content_type, body) = match self {
+            Rendered::Json(b) => ("application/json", Body::from(b)),
+            Rendered::Events(events) => (
+                "text/event-stream; charset=utf-8",
+                Body::from_stream(futures_util::stream::iter(
+                    events.into_iter().map(Ok::<_, std::convert::Infallible>),
+                )),
+            ),
+        };
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+/// Renders a complete body (stored entry or finished flight) in the form the caller
+/// wants, whatever form it was received in.
+fn render(
+    route: Route,
+    form: ContentForm,
+    body: &Bytes,
+    want: Want,
+    key: Option<&CacheKey>,
+    cached: bool,
+) -> Result<Rendered, wire::WireError> {
+    let rendered = match (form, want.stream) {
+        (ContentForm::Json, false) => Rendered::Json(body.clone()),
+        (ContentForm::Sse, false) => Rendered::Json(wire::sse_to_json(route, body)?),
+        (ContentForm::Json, true) => {
+            Rendered::Events(wire::json_to_sse(route, body, want.include_usage)?)
+        }
+        (ContentForm::Sse, true) => {
+            Rendered::Events(wire::replay_sse(route, body, want.include_usage)?)
+        }
+    };
+    if !want.annotate {
+        return Ok(rendered);
+    }
+    let key_hex = key.map(|k| k.to_hex()).unwrap_or_default();
+    Ok(match rendered {
+        Rendered::Json(b) => Rendered::Json(wire::annotate_json(&b, cached, &key_hex)?),
+        Rendered::Events(evs) => Rendered::Events(
+            evs.iter()
+                .map(|e| wire::annotate_sse_event(e, cached, &key_hex))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Everything the flight task needs to call upstream and store the answer.
+#[derive(Debug)]
+struct FlightPlan {
+    route: Route,
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+    store: Option<StorePlan>,
+}
+
+#[derive(Debug)]
+struct StorePlan {
+    key: CacheKey,
+    request_hash: RequestHash,
+    strategy: String,
+    family: Option<FamilyId>,
+    namespace_tag: [u8; 8],
+    ttl: Duration,
+}
+
+fn start_flight(
+    state: &AppState,
+    flight: Arc<Flight>,
+    plan: Arc<FlightPlan>,
+    registered: Option<CacheKey>,
+) {
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        run_flight(&task_state, &flight, &plan).await;
+        if let Some(key) = registered {
+            task_state.flights.remove(&key, &flight);
+        }
+    });
+}
+
+/// Reads one upstream response into the flight and stores it if it completed.
+async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
+    let metrics = &state.metrics;
+    metrics.inflight_upstream.inc();
+    let started = Instant::now();
+    let sent = state
+        .upstream
+        .send(
+            plan.method.clone(),
+            &plan.path_and_query,
+            plan.headers.clone(),
+            reqwest::Body::from(plan.body.clone()),
+        )
+        .await;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => {
+            metrics
+                .upstream_errors
+                .get_or_create(&CodeLabels {
+                    code: e.metric_label(),
+                })
+                .inc();
+            tracing::warn!(error = %e, route = plan.route.as_str(), "upstream call failed");
+            flight.end(End::NoResponse(match e {
+                UpstreamError::Unreachable(m) => FailKind::Unreachable(m),
+                UpstreamError::Timeout(d) => FailKind::Timeout(d),
+            }));
+            metrics.inflight_upstream.dec();
+            return;
+        }
+    };
+    let status = resp.status();
+    metrics
+        .upstream_duration
+        .get_or_create(&RouteStatusLabels {
+            route: plan.route.as_str(),
+            status: status_class(status.as_u16()),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if !status.is_success() {
+        metrics
+            .upstream_errors
+            .get_or_create(&CodeLabels {
+                code: error_code_label(status.as_u16()),
+            })
+            .inc();
+    }
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let mut head_headers = HeaderMap::with_capacity(resp.headers().len());
+    for (name, value) in resp.headers() {
+        if !is_hop_by_hop(name) {
+            head_headers.append(name.clone(), value.clone());
+        }
+    }
+    flight.set_head(Head {
+        status,
+        headers: head_headers,
+        is_sse,
+    });
+
+    let idle = state.upstream.timeout();
+    let finish_timeout = state.config.cache.stream_finish_timeout;
+    let mut orphaned_since: Option<Instant> = None;
+    let mut body = resp.bytes_stream();
+    let mut splitter = SseSplitter::new();
+    let mut assembler = StreamAssembler::new(plan.route);
+    let mut cut = false;
+    loop {
+        // Keep reading for callers that left (the response will be stored), but not
+        // forever: at most `stream_finish_timeout` after the last one left.
+        let mut wait = idle;
+        if flight.readers() == 0 {
+            let since = *orphaned_since.get_or_insert_with(Instant::now);
+            let left = finish_timeout.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                cut = true;
+                break;
+            }
+            wait = wait.min(left);
+        } else {
+            orphaned_since = None;
+        }
+        match tokio::time::timeout(wait, body.next()).await {
+            Err(_) => {
+                metrics
+                    .upstream_errors
+                    .get_or_create(&CodeLabels { code: "timeout" })
+                    .inc();
+                cut = true;
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                metrics
+                    .upstream_errors
+                    .get_or_create(&CodeLabels { code: "cut_stream" })
+                    .inc();
+                tracing::warn!(error = %crate::upstream::error_chain(&e), "upstream body cut");
+                cut = true;
+                break;
+            }
+            Ok(Some(Ok(chunk))) => {
+                if is_sse {
+                    for event in splitter.push(&chunk) {
+                        let kind = assembler.push(&event);
+                        flight.push(Chunk {
+                            bytes: event.raw.clone(),
+                            usage_only: kind == EventKind::UsageOnly,
+                        });
+                    }
+                } else {
+                    flight.push(Chunk {
+                        bytes: chunk,
+                        usage_only: false,
+                    });
+                }
+            }
+        }
+    }
+    if is_sse && let Some(rest) = splitter.finish() {
+        // A trailing partial event: pass its bytes on so nothing the upstream sent is
+        // lost, though it makes the stream incomplete.
+        flight.push(Chunk {
+            bytes: rest,
+            usage_only: false,
+        });
+    }
+    metrics.inflight_upstream.dec();
+    if cut {
+        flight.end(End::Cut);
+        return;
+    }
+    let body = flight.body();
+    let (complete, model, usage) = if !status.is_success() {
+        (false, None, None)
+    } else if is_sse {
+        (
+            assembler.is_complete(),
+            assembler.model().map(str::to_string),
+            assembler.usage(),
+        )
+    } else {
+        let (usage, model) = wire::json_usage(plan.route, &body);
+        (wire::json_is_complete(plan.route, &body), model, usage)
+    };
+    flight.end(End::Finished { complete });
+    if !complete {
+        return;
+    }
+    if let Some(store) = &plan.store {
+        let now = state.now_ms();
+        let entry = Entry {
+            meta: EntryMeta {
+                created_at_ms: now,
+                expires_at_ms: now.saturating_add(store.ttl.as_millis() as u64),
+                request_hash: store.request_hash,
+                route: plan.route,
+                form: if is_sse {
+                    ContentForm::Sse
+                } else {
+                    ContentForm::Json
+                },
+                strategy: store.strategy.clone(),
+                family: store.family,
+                namespace_tag: store.namespace_tag,
+                model: model.unwrap_or_default(),
+                usage: usage.unwrap_or(Usage::default()),
+            },
+            body,
+        };
+        state.store_put(&store.key, &entry).await;
+    }
+}
+
+/// The response for the caller that leads a flight (or runs one of its own): upstream's
+/// status and headers as they arrive, then the body chunk by chunk.
+async fn respond_live(
+    flight: Arc<Flight>,
+    want: Want,
+    outcome: Outcome,
+    labels: &Labels,
+) -> Result<Response, ApiError> {
+    // Count as a reader from the start, so the flight task never sees an abandoned
+    // response while this caller waits for the head.
+    let reader = flight.reader();
+    let head = match flight.head().await {
+        Ok(head) => head,
+        Err(End::NoResponse(FailKind::Timeout(d))) => return Err(ApiError::UpstreamTimeout(d)),
+        Err(End::NoResponse(FailKind::Unreachable(m))) => {
+            return Err(ApiError::UpstreamUnreachable(m));
+        }
+        Err(_) => return Err(ApiError::UpstreamUnreachable("upstream closed the connection before answering".into())),
+    };
+    // Annotating a JSON body needs all of it; streams are annotated event by event.
+    if want.annotate && !head.is_sse && head.status.is_success() {
+        let end = flight.finished().await;
+        if end == (End::Finished { complete: true }) {
+            let body = flight.body();
+            let annotated = wire::annotate_json(&body, false, &labels.key.to_hex())
+                .unwrap_or(body);
+            let mut resp = Rendered::Json(annotated).into_response(head.status, head.headers);
+            set_cache_headers(resp.headers_mut(), outcome, labels);
+            return Ok(resp);
+        }
+    }
+    Ok(live_response(reader, head, want, outcome, labels, false))
+}
+
+fn live_response(
+    reader: crate::flight::Reader,
+    head: Head,
+    want: Want,
+    outcome: Outcome,
+    labels: &Labels,
+    cached: bool,
+) -> Response {
+    let annotate_key = (want.annotate && head.is_sse).then(|| labels.key.to_hex());
+    let is_sse = head.is_sse;
+    let mut headers = head.headers;
+    if is_sse {
+        // Events may be dropped or annotated on the way: the length is not upstream's.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let stream = futures_util::stream::unfold(
+        (reader, 0usize, false),
+        move |(reader, pos, done)| {
+            let annotate_key = annotate_key.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                match reader.flight().next(pos).await {
+                    Next::Chunks(chunks) => {
+                        let next = pos + chunks.len();
+                        let mut out = Vec::new();
+                        for c in chunks {
+                            if c.usage_only && !want.include_usage {
+                                continue;
+                            }
+                            let bytes = match &annotate_key {
+                                Some(k) => wire::annotate_sse_event(&c.bytes, cached, k)
+                                    .unwrap_or(c.bytes),
+                                None => c.bytes,
+                            };
+                            out.push(bytes);
+                        }
+                        let bytes = match out.len() {
+                            1 => out.pop().unwrap_or_default(),
+                            _ => Bytes::from(out.concat()),
+                        };
+                        Some((Ok(bytes), (reader, next, false)))
+                    }
+                    Next::End(End::Finished { .. }) => None,
+                    Next::End(_) => Some((
+                        Err(std::io::Error::other("upstream response was cut")),
+                        (reader, pos, true),
+                    )),
+                }
+            }
+        },
+    )
+    .filter(|item| {
+        // Skip empty writes (every event of a batch was dropped).
+        let keep = !matches!(item, Ok(b) if b.is_empty());
+        std::future::ready(keep)
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = headers;
+    set_cache_headers(resp.headers_mut(), outcome, labels);
+    resp
+}
+
+/// A request identical to one in flight: answered from that flight. `None` when the
+/// flight failed before it could help, and the caller then calls upstream itself.
+async fn follow(
+    state: &AppState,
+    flight: &Arc<Flight>,
+    route: Route,
+    want: Want,
+    labels: &Labels,
+) -> Option<Response> {
+    let bound = state.upstream.timeout();
+    let reader = flight.reader();
+    let head = tokio::time::timeout(bound, flight.head()).await.ok()?.ok()?;
+    if !head.status.is_success() {
+        return None;
+    }
+    let same_form = head.is_sse == want.stream;
+    if same_form && !(want.annotate && !head.is_sse) {
+        return Some(live_response(
+            reader,
+            head,
+            want,
+            Outcome::Coalesced,
+            labels,
+            true,
+        ));
+    }
+    let end = tokio::time::timeout(bound, flight.finished()).await.ok()?;
+    if end != (End::Finished { complete: true }) {
+        return None;
+    }
+    let form = if head.is_sse {
+        ContentForm::Sse
+    } else {
+        ContentForm::Json
+    };
+    let rendered = render(route, form, &flight.body(), want, Some(&labels.key), true).ok()?;
+    let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
+    set_cache_headers(resp.headers_mut(), Outcome::Coalesced, labels);
+    Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_have_contract_names() {
+        assert_eq!(Outcome::Hit.header(), "HIT");
+        assert_eq!(Outcome::Coalesced.header(), "COALESCED");
+        assert_eq!(Outcome::Bypass.as_str(), "bypass");
+    }
+
+    #[test]
+    fn non_objects_are_rejected() {
+        assert!(parse_object(b"[1]").is_err());
+        assert!(parse_object(b"{").is_err());
+        assert!(parse_object(b"{}").is_ok());
+    }
+}

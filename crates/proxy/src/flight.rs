@@ -1,0 +1,326 @@
+//! An upstream response in flight: read once by a task the proxy owns, buffered, fanned
+//! out to the caller that started it and to identical requests that joined it
+//! (coalescing), and stored when it completed.
+//!
+//! The reading task does not belong to any client: a caller that disconnects mid-stream
+//! does not stop it, so the response is still stored and the money spent is not wasted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use prefixcache_core::key::CacheKey;
+use tokio::sync::watch;
+
+/// The status line and headers of the upstream response.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub status: StatusCode,
+    /// Upstream headers minus hop-by-hop ones.
+    pub headers: HeaderMap,
+    /// `text/event-stream`: the body is a stream of SSE events.
+    pub is_sse: bool,
+}
+
+/// One piece of the body as forwarded: an SSE event, or a chunk of a JSON body.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub bytes: Bytes,
+    /// The usage-only SSE event the proxy asked for by injecting `include_usage`; callers
+    /// that did not ask for usage do not receive it.
+    pub usage_only: bool,
+}
+
+/// How a flight ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Upstream finished the body. `complete` says whether it was a complete, successful
+    /// response (2xx and a finished stream), which is what followers may reuse.
+    Finished { complete: bool },
+    /// No response at all (connect error, timeout before headers): the message says why.
+    NoResponse(FailKind),
+    /// The body was cut (connection reset, idle timeout) after the head was sent.
+    Cut,
+}
+
+/// Why a flight produced no response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailKind {
+    Unreachable(String),
+    Timeout(std::time::Duration),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    head: Option<Head>,
+    chunks: Vec<Chunk>,
+    end: Option<End>,
+}
+
+/// The shared buffer of one upstream response.
+#[derive(Debug)]
+pub struct Flight {
+    state: Mutex<State>,
+    // A version counter: readers mark what they have seen, writers bump it. Unlike
+    // `Notify`, a wake-up that happens between a reader's check and its wait is not lost.
+    version: watch::Sender<u64>,
+    /// Callers currently receiving this response (see [`Reader`]).
+    readers: AtomicUsize,
+}
+
+/// A caller receiving a flight's body. While none exist, the reading task knows nobody
+/// is waiting and bounds how long it keeps reading.
+#[derive(Debug)]
+pub struct Reader(Arc<Flight>);
+
+impl Reader {
+    pub fn flight(&self) -> &Flight {
+        &self.0
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a reader found at its position.
+#[derive(Debug)]
+pub enum Next {
+    /// Chunks from the reader's position on.
+    Chunks(Vec<Chunk>),
+    /// Nothing new and the flight ended this way.
+    End(End),
+}
+
+impl Flight {
+    pub fn new() -> Arc<Flight> {
+        let (version, _) = watch::channel(0);
+        Arc::new(Flight {
+            state: Mutex::new(State::default()),
+            version,
+            readers: AtomicUsize::new(0),
+        })
+    }
+
+    /// Registers a caller receiving the body.
+    pub fn reader(self: &Arc<Self>) -> Reader {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        Reader(self.clone())
+    }
+
+    /// How many callers are receiving the body now.
+    pub fn readers(&self) -> usize {
+        self.readers.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the buffer half-updated (each
+        // update is one push or one assignment), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    pub fn set_head(&self, head: Head) {
+        self.lock().head = Some(head);
+        self.bump();
+    }
+
+    pub fn push(&self, chunk: Chunk) {
+        self.lock().chunks.push(chunk);
+        self.bump();
+    }
+
+    pub fn end(&self, end: End) {
+        self.lock().end = Some(end);
+        self.bump();
+    }
+
+    /// The whole body received so far (the stored body once the flight finished).
+    pub fn body(&self) -> Bytes {
+        let state = self.lock();
+        let len = state.chunks.iter().map(|c| c.bytes.len()).sum();
+        let mut out = Vec::with_capacity(len);
+        for c in &state.chunks {
+            out.extend_from_slice(&c.bytes);
+        }
+        Bytes::from(out)
+    }
+
+    /// Waits for the head, or for the flight to end without one.
+    pub async fn head(&self) -> Result<Head, End> {
+        let mut rx = self.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let state = self.lock();
+                if let Some(head) = &state.head {
+                    return Ok(head.clone());
+                }
+                if let Some(end) = &state.end {
+                    return Err(end.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(End::Cut);
+            }
+        }
+    }
+
+    /// Waits until there is something at `pos` or the flight ended.
+    pub async fn next(&self, pos: usize) -> Next {
+        let mut rx = self.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let state = self.lock();
+                if pos < state.chunks.len() {
+                    return Next::Chunks(state.chunks[pos..].to_vec());
+                }
+                if let Some(end) = &state.end {
+                    return Next::End(end.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Next::End(End::Cut);
+            }
+        }
+    }
+
+    /// Waits for the end.
+    pub async fn finished(&self) -> End {
+        let mut rx = self.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(end) = &self.lock().end {
+                return end.clone();
+            }
+            if rx.changed().await.is_err() {
+                return End::Cut;
+            }
+        }
+    }
+
+    /// The head if it has arrived (no waiting).
+    pub fn head_now(&self) -> Option<Head> {
+        self.lock().head.clone()
+    }
+}
+
+/// The flights that identical requests may join, by cache key.
+#[derive(Debug, Default)]
+pub struct Flights {
+    map: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+}
+
+/// Whether the caller leads a new flight or follows an existing one.
+#[derive(Debug)]
+pub enum Joined {
+    Leader(Arc<Flight>),
+    Follower(Arc<Flight>),
+}
+
+impl Flights {
+    fn lock(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Flight>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the flight for `key`, or registers a new one that the caller must run.
+    pub fn join_or_lead(&self, key: CacheKey) -> Joined {
+        let mut map = self.lock();
+        if let Some(f) = map.get(&key) {
+            return Joined::Follower(f.clone());
+        }
+        let f = Flight::new();
+        map.insert(key, f.clone());
+        Joined::Leader(f)
+    }
+
+    /// Registers a flight for `key` unless one exists (used by a `no-cache` request,
+    /// which never joins but may be joined).
+    pub fn lead(&self, key: CacheKey) -> Arc<Flight> {
+        let f = Flight::new();
+        self.lock().entry(key).or_insert_with(|| f.clone());
+        f
+    }
+
+    /// Removes the flight for `key` if it is `flight` (a later flight under the same key
+    /// stays).
+    pub fn remove(&self, key: &CacheKey, flight: &Arc<Flight>) {
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            map.remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readers_see_every_chunk_and_the_end() {
+        let f = Flight::new();
+        let reader = {
+            let f = f.clone();
+            async move {
+                let mut pos = 0;
+                let mut got = Vec::new();
+                loop {
+                    match f.next(pos).await {
+                        Next::Chunks(c) => {
+                            pos += c.len();
+                            got.extend(c.into_iter().map(|c| c.bytes));
+                        }
+                        Next::End(e) => return (got, e),
+                    }
+                }
+            }
+        };
+        let writer = async {
+            for i in 0..100u8 {
+                f.push(Chunk {
+                    bytes: Bytes::from(vec![i]),
+                    usage_only: false,
+                });
+                tokio::task::yield_now().await;
+            }
+            f.end(End::Finished { complete: true });
+        };
+        let ((got, end), ()) = tokio::join!(reader, writer);
+        assert_eq!(got.len(), 100);
+        assert!(got.iter().enumerate().all(|(i, b)| b[0] == i as u8));
+        assert_eq!(end, End::Finished { complete: true });
+        assert_eq!(f.body().len(), 100);
+    }
+
+    #[test]
+    fn one_flight_per_key_until_removed() {
+        let flights = Flights::default();
+        let k = CacheKey([1; 32]);
+        let Joined::Leader(a) = flights.join_or_lead(k) else {
+            panic!("first must lead")
+        };
+        assert!(matches!(flights.join_or_lead(k), Joined::Follower(f) if Arc::ptr_eq(&f, &a)));
+        // A no-cache leader does not displace the registered flight.
+        let b = flights.lead(k);
+        flights.remove(&k, &b);
+        assert_eq!(flights.len(), 1);
+        flights.remove(&k, &a);
+        assert!(flights.is_empty());
+    }
+}

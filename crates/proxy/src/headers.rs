@@ -1,0 +1,137 @@
+//! The headers of the interface contract (DESIGN.md §3): what callers may send to steer
+//! the cache, what the proxy answers with, and which headers never cross a proxy.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, header};
+
+use crate::error::ApiError;
+
+pub const STATUS: HeaderName = HeaderName::from_static("x-prefixcache-status");
+pub const KEY: HeaderName = HeaderName::from_static("x-prefixcache-key");
+pub const FAMILY: HeaderName = HeaderName::from_static("x-prefixcache-family");
+pub const AGE: HeaderName = HeaderName::from_static("x-prefixcache-age");
+pub const WARNING: HeaderName = HeaderName::from_static("x-prefixcache-warning");
+pub const TTL: HeaderName = HeaderName::from_static("x-prefixcache-ttl");
+pub const STRATEGY: HeaderName = HeaderName::from_static("x-prefixcache-strategy");
+pub const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+pub const OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
+
+/// What the caller asked of the cache through request headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheDirectives {
+    /// `Cache-Control: no-cache`: skip the lookup, store the fresh response.
+    pub no_cache: bool,
+    /// `Cache-Control: no-store`: do not store the response.
+    pub no_store: bool,
+    /// `x-prefixcache-ttl`, before capping by the strategy's `max_ttl`.
+    pub ttl: Option<Duration>,
+    /// `x-prefixcache-strategy`.
+    pub strategy: Option<String>,
+}
+
+impl CacheDirectives {
+    /// Reads the directives; a malformed value is a 400 that names the header.
+    pub fn from_headers(headers: &HeaderMap) -> Result<CacheDirectives, ApiError> {
+        let mut d = CacheDirectives::default();
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let text = value.to_str().map_err(|_| ApiError::BadHeader {
+                header: "cache-control",
+                message: "Cache-Control is not valid ASCII".into(),
+            })?;
+            for directive in text.split(',') {
+                match directive.trim().to_ascii_lowercase().as_str() {
+                    "no-cache" => d.no_cache = true,
+                    "no-store" => d.no_store = true,
+                    // Other directives (max-age, ...) have no meaning for this cache; HTTP
+                    // says unknown directives are ignored.
+                    _ => {}
+                }
+            }
+        }
+        if let Some(v) = headers.get(&TTL) {
+            let secs = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::BadHeader {
+                    header: "x-prefixcache-ttl",
+                    message: format!(
+                        "x-prefixcache-ttl must be a whole number of seconds, got {:?}",
+                        String::from_utf8_lossy(v.as_bytes())
+                    ),
+                })?;
+            d.ttl = Some(Duration::from_secs(secs));
+        }
+        if let Some(v) = headers.get(&STRATEGY) {
+            let name = v.to_str().map_err(|_| ApiError::BadHeader {
+                header: "x-prefixcache-strategy",
+                message: "x-prefixcache-strategy is not valid ASCII".into(),
+            })?;
+            d.strategy = Some(name.trim().to_string());
+        }
+        Ok(d)
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// ones the HTTP client recomputes. They are never forwarded in either direction.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// Headers the proxy consumes and strips before forwarding (DESIGN.md §3).
+pub fn is_proxy_directive(name: &HeaderName) -> bool {
+    name == header::CACHE_CONTROL || name == TTL || name == STRATEGY
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn cache_control_directives_combine() {
+        let d = CacheDirectives::from_headers(&headers(&[
+            ("cache-control", "max-age=0, No-Cache"),
+            ("cache-control", "no-store"),
+        ]))
+        .unwrap();
+        assert!(d.no_cache && d.no_store);
+        let d = CacheDirectives::from_headers(&headers(&[])).unwrap();
+        assert_eq!(d, CacheDirectives::default());
+    }
+
+    #[test]
+    fn ttl_must_be_seconds() {
+        let d = CacheDirectives::from_headers(&headers(&[("x-prefixcache-ttl", " 60 ")])).unwrap();
+        assert_eq!(d.ttl, Some(Duration::from_secs(60)));
+        let e =
+            CacheDirectives::from_headers(&headers(&[("x-prefixcache-ttl", "1h")])).unwrap_err();
+        assert!(e.to_string().contains("x-prefixcache-ttl"), "{e}");
+    }
+}

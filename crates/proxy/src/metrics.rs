@@ -1,0 +1,305 @@
+//! Prometheus metrics (DESIGN.md §9), one registry per proxy instance so in-process
+//! tests can scrape exact deltas. Every label value is drawn from a fixed set or from
+//! the configured strategy names: never keys, families, tenants or models.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Buckets from 50 µs (a memory hit) to 2 minutes (a long generation).
+const LATENCY_BUCKETS: [f64; 20] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Store operations are bounded by `store.timeout` (default 50 ms): finer buckets.
+const STORE_BUCKETS: [f64; 14] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub strategy: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatusLabels {
+    pub route: &'static str,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabels {
+    pub backend: &'static str,
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreDurationLabels {
+    pub backend: &'static str,
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub kind: &'static str,
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+fn store_histogram() -> Histogram {
+    Histogram::new(STORE_BUCKETS)
+}
+
+/// All metrics of one proxy.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteStatusLabels, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<RouteStatusLabels, Histogram, fn() -> Histogram>,
+    pub upstream_errors: Family<CodeLabels, Counter>,
+    pub store_operations: Family<StoreOpLabels, Counter>,
+    pub store_duration: Family<StoreDurationLabels, Histogram, fn() -> Histogram>,
+    pub store_bytes: Gauge,
+    pub entries: Gauge,
+    pub store_degraded: Gauge,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub cost_usd: Family<KindLabels, Counter<f64, AtomicU64>>,
+    pub coalesced: Counter,
+    pub lint_findings: Family<RuleLabels, Counter>,
+    pub inflight_upstream: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("prefixcache");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by route, strategy and cache status (hit, miss, bypass, coalesced, error, passthrough)",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RouteStatusLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by route and cache status",
+            request_duration.clone(),
+        );
+        let upstream_duration =
+            Family::<RouteStatusLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers, by route and HTTP status class",
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream calls that failed: HTTP status (429, 5xx, 4xx) or transport error (timeout, unreachable, cut_stream)",
+            upstream_errors.clone(),
+        );
+        let store_operations = Family::<StoreOpLabels, Counter>::default();
+        registry.register(
+            "store_operations",
+            "Cache store operations by backend, operation and result (hit, miss, ok, timeout, error, circuit_open, ...)",
+            store_operations.clone(),
+        );
+        let store_duration =
+            Family::<StoreDurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                store_histogram,
+            );
+        registry.register(
+            "store_duration_seconds",
+            "Latency of cache store operations",
+            store_duration.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "Approximate bytes held by the cache store",
+            store_bytes.clone(),
+        );
+        let entries = Gauge::default();
+        registry.register(
+            "entries",
+            "Approximate number of entries in the cache store",
+            entries.clone(),
+        );
+        let store_degraded = Gauge::default();
+        registry.register(
+            "store_degraded",
+            "1 while the store is failing and requests fail open to upstream, else 0",
+            store_degraded.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens by kind (prompt, completion, cached_prompt) and source (upstream: paid for; cache: answered from the response cache)",
+            tokens.clone(),
+        );
+        let cost_usd = Family::<KindLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "US dollars spent on upstream calls and saved by cache hits, under the pricing table",
+            cost_usd.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced",
+            "Requests answered by joining an identical request already in flight",
+            coalesced.clone(),
+        );
+        let lint_findings = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "lint_findings",
+            "Prompt-shape findings on live requests, by rule",
+            lint_findings.clone(),
+        );
+        let inflight_upstream = Gauge::default();
+        registry.register(
+            "inflight_upstream",
+            "Upstream responses currently being read",
+            inflight_upstream.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            store_operations,
+            store_duration,
+            store_bytes,
+            entries,
+            store_degraded,
+            tokens,
+            cost_usd,
+            coalesced,
+            lint_findings,
+            inflight_upstream,
+        }
+    }
+
+    /// Records one finished request.
+    pub fn request(
+        &self,
+        route: &'static str,
+        strategy: &str,
+        status: &'static str,
+        took: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                strategy: strategy.to_string(),
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteStatusLabels { route, status })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one store operation.
+    pub fn store_op(
+        &self,
+        backend: &'static str,
+        op: &'static str,
+        result: &'static str,
+        took: Duration,
+    ) {
+        self.store_operations
+            .get_or_create(&StoreOpLabels {
+                backend,
+                op,
+                result,
+            })
+            .inc();
+        self.store_duration
+            .get_or_create(&StoreDurationLabels { backend, op })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// The HTTP status class label of an upstream response (`2xx`, `4xx`, `5xx`).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The label of an upstream error status: the common ones by number, the rest by class.
+pub fn error_code_label(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        409 => "409",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s => status_class(s),
+    }
+}

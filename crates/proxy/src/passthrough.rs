@@ -1,0 +1,143 @@
+//! Every route that is not cached: forwarded unchanged (method, path, query, headers,
+//! body, status, streaming in both directions), never stored.
+
+use std::time::Instant;
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
+use crate::headers::is_hop_by_hop;
+use crate::metrics::{CodeLabels, error_code_label};
+use crate::state::AppState;
+
+/// Forwards a request as it is and streams the answer back.
+pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let headers = state.upstream.forward_headers(&parts.headers, false);
+    let body = upstream_body(body, &parts.headers, state.config.max_body_bytes).await;
+    let result = match body {
+        Ok(body) => state
+            .upstream
+            .send(parts.method.clone(), &path_and_query, headers, body)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let proxy_error = result.is_err();
+    let resp = match result {
+        Ok(resp) => {
+            let status = resp.status();
+            if !status.is_success() {
+                state
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&CodeLabels {
+                        code: error_code_label(status.as_u16()),
+                    })
+                    .inc();
+            }
+            let mut out = HeaderMap::with_capacity(resp.headers().len());
+            for (name, value) in resp.headers() {
+                if !is_hop_by_hop(name) || name == header::CONTENT_LENGTH {
+                    out.append(name.clone(), value.clone());
+                }
+            }
+            let idle = state.upstream.timeout();
+            let stream = resp.bytes_stream();
+            let body = Body::from_stream(idle_bounded(stream, idle));
+            let mut r = Response::new(body);
+            *r.status_mut() = status;
+            *r.headers_mut() = out;
+            r
+        }
+        Err(e) => {
+            if let ApiError::UpstreamTimeout(_) | ApiError::UpstreamUnreachable(_) = &e {
+                state
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&CodeLabels {
+                        code: e.metric_label(),
+                    })
+                    .inc();
+            }
+            e.into_response()
+        }
+    };
+    let status_label = if proxy_error { "error" } else { "passthrough" };
+    state
+        .metrics
+        .request("other", "none", status_label, started.elapsed());
+    tracing::info!(
+        route = "other",
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = resp.status().as_u16(),
+        outcome = "passthrough",
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+/// The request body as it goes upstream: small bodies of known length are sent with
+/// that length (some servers reject chunked uploads), others are streamed.
+async fn upstream_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<reqwest::Body, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    match declared {
+        Some(n) if n <= limit && !chunked => {
+            let bytes = axum::body::to_bytes(body, n as usize)
+                .await
+                .map_err(|e| ApiError::BodyRead(e.to_string()))?;
+            Ok(reqwest::Body::from(bytes))
+        }
+        // No length and not chunked: HTTP/1 says there is no body; HTTP/2 may still
+        // carry one, which the body itself knows.
+        None if !chunked && HttpBody::is_end_stream(&body) => {
+            Ok(reqwest::Body::from(bytes::Bytes::new()))
+        }
+        _ => Ok(reqwest::Body::wrap_stream(body.into_data_stream())),
+    }
+}
+
+/// Ends the body with an error when upstream sends nothing for `idle`, so a stalled
+/// upstream cannot hold a client connection forever.
+fn idle_bounded<S, E>(
+    stream: S,
+    idle: std::time::Duration,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin + Send + 'static,
+    E: std::fmt::Display,
+{
+    futures_util::stream::unfold((stream, false), move |(mut stream, done)| async move {
+        if done {
+            return None;
+        }
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), (stream, false))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e.to_string())), (stream, true))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::other("upstream body idle timeout")),
+                (stream, true),
+            )),
+        }
+    })
+}

@@ -1,0 +1,166 @@
+//! The state every handler shares: config, store, upstream client, in-flight responses,
+//! metrics, and the task tracker that owns every background task until shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prefixcache_core::config::Config;
+use prefixcache_core::key::{CacheKey, TenantSecret};
+use prefixcache_store::{CacheStore, Clock, Entry, StoreError};
+use tokio_util::task::TaskTracker;
+
+use crate::flight::Flights;
+use crate::metrics::Metrics;
+use crate::upstream::{UpstreamClient, UpstreamError};
+
+/// Shared, cheaply clonable handle to the proxy's state.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Arc<dyn CacheStore>,
+    pub upstream: UpstreamClient,
+    pub tenant_secret: TenantSecret,
+    /// `Bearer <upstream_api_key>` as bytes, the namespace of callers without a key.
+    pub fallback_authorization: Option<Vec<u8>>,
+    pub clock: Arc<dyn Clock>,
+    pub flights: Flights,
+    pub metrics: Metrics,
+    /// Owns upstream-reading and store-writing tasks; waited for at shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("store", &self.store)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// What can go wrong building the state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("upstream client: {0}")]
+    Upstream(#[from] UpstreamError),
+}
+
+impl AppState {
+    /// Builds the state from a validated config, an opened store, the clock entries are
+    /// dated by, and the tenant secret text (configured, generated or shared via Redis).
+    pub fn new(
+        config: Config,
+        store: Arc<dyn CacheStore>,
+        clock: Arc<dyn Clock>,
+        tenant_secret: &str,
+    ) -> Result<AppState, StateError> {
+        let upstream = UpstreamClient::new(&config)?;
+        let fallback_authorization = config
+            .upstream_api_key
+            .as_ref()
+            .map(|k| format!("Bearer {k}").into_bytes());
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                upstream,
+                tenant_secret: TenantSecret::from_text(tenant_secret),
+                fallback_authorization,
+                store,
+                clock,
+                flights: Flights::default(),
+                metrics: Metrics::new(),
+                tasks: TaskTracker::new(),
+                config,
+            }),
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Looks a key up. A store error or timeout is recorded and becomes a miss: the
+    /// request is then served from upstream (fail open).
+    pub async fn store_get(&self, key: &CacheKey) -> Option<Entry> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.store_timeout(), self.store.get(key)).await;
+        let backend = self.store.backend();
+        match result {
+            Ok(Ok(Some(entry))) => {
+                self.metrics
+                    .store_op(backend, "get", "hit", started.elapsed());
+                Some(entry)
+            }
+            Ok(Ok(None)) => {
+                self.metrics
+                    .store_op(backend, "get", "miss", started.elapsed());
+                None
+            }
+            Ok(Err(e)) => {
+                self.store_failed("get", &e, started.elapsed());
+                None
+            }
+            Err(_) => {
+                let e = StoreError::Timeout(self.store_timeout());
+                self.store_failed("get", &e, started.elapsed());
+                None
+            }
+        }
+    }
+
+    /// Stores an entry; failures are recorded and otherwise ignored (never retried).
+    pub async fn store_put(&self, key: &CacheKey, entry: &Entry) {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.store_timeout(), self.store.put(key, entry)).await;
+        match result {
+            Ok(Ok(())) => {
+                self.metrics
+                    .store_op(self.store.backend(), "put", "ok", started.elapsed());
+            }
+            Ok(Err(e)) => self.store_failed("put", &e, started.elapsed()),
+            Err(_) => {
+                let e = StoreError::Timeout(self.store_timeout());
+                self.store_failed("put", &e, started.elapsed());
+            }
+        }
+    }
+
+    /// Deletes an entry (used when an entry cannot be rendered); failures are recorded.
+    pub async fn store_delete(&self, key: &CacheKey) {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.store_timeout(), self.store.delete(key)).await;
+        match result {
+            Ok(Ok(())) => {
+                self.metrics
+                    .store_op(self.store.backend(), "delete", "ok", started.elapsed());
+            }
+            Ok(Err(e)) => self.store_failed("delete", &e, started.elapsed()),
+            Err(_) => {
+                let e = StoreError::Timeout(self.store_timeout());
+                self.store_failed("delete", &e, started.elapsed());
+            }
+        }
+    }
+
+    fn store_failed(&self, op: &'static str, e: &StoreError, took: Duration) {
+        self.metrics
+            .store_op(self.store.backend(), op, e.metric_label(), took);
+        tracing::warn!(op, error = %e, "store operation failed; serving from upstream");
+    }
+
+    /// The bound on one store operation. The store's own guard applies `store.timeout`
+    /// too; this outer bound (twice as long) only catches a store without a guard.
+    fn store_timeout(&self) -> Duration {
+        self.config.store.timeout * 2
+    }
+}
