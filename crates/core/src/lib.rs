@@ -9,10 +9,18 @@
 //! - [`config`]: `prefixcache.toml` (raw, validated), strategies and their matchers.
 //! - [`key`]: canonical request JSON, tenants, cache keys and request hashes.
 //! - [`tokenizer`]: tiktoken-exact encodings and the model-name table.
+//! - [`prefix`]: the prefix text of a request, prefix families and their memo.
+//! - [`boundary`]: where two prompts' tokens first diverge (`prefixcache diff`).
 //! - [`usage`]: token usage of a response, normalized across routes.
+//! - [`sse`]: server-sent-event framing and assembly of streamed responses.
+//! - [`wire`]: request flags and upstream bodies, rendering entries as JSON or SSE, usage.
 
+pub mod boundary;
 pub mod config;
 pub mod key;
+pub mod prefix;
 pub mod route;
+pub mod sse;
 pub mod tokenizer;
 pub mod usage;
+pub mod wire;

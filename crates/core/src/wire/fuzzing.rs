@@ -1,0 +1,251 @@
+//! Invariant checks over arbitrary bytes, shared by the `cargo fuzz` targets in `fuzz/`
+//! and the proptests here, so both exercise the same properties. Each function panics
+//! (via `assert!`) when an invariant breaks and returns normally otherwise.
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::{Injections, json_to_sse, prepare_upstream_body, request_flags};
+use crate::config::KeyMode;
+use crate::key::{FamilyId, KeyInput, Namespace, canonical_json, compute_keys};
+use crate::route::Route;
+use crate::sse::{SseEvent, SseSplitter, SseTail, StreamAssembler};
+
+/// Feeds `stream` to a splitter in chunks of the given sizes (cycled; 0 is read as 1).
+pub fn split_in_chunks(stream: &[u8], sizes: &[usize]) -> (Vec<SseEvent>, Option<SseTail>) {
+    let mut s = SseSplitter::new();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut k = 0;
+    while pos < stream.len() {
+        let n = sizes
+            .get(k % sizes.len().max(1))
+            .copied()
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let end = pos.saturating_add(n).min(stream.len());
+        s.push_into(Bytes::copy_from_slice(&stream[pos..end]), &mut out);
+        pos = end;
+        k += 1;
+    }
+    (out, s.finish())
+}
+
+/// SSE framing: any chunking of `data[2..]` (chunk sizes derived from `data[..2]`)
+/// yields the events of feeding it whole, and the events' raw bytes (plus any tail)
+/// concatenate back to the input.
+pub fn sse_split(data: &[u8]) {
+    let (seed, stream) = match data {
+        [a, b, rest @ ..] => ((*a as usize) << 8 | *b as usize, rest),
+        _ => (1, data),
+    };
+    let sizes: Vec<usize> = (0..8).map(|i| 1 + ((seed >> i) & 0x1f) * (i + 1)).collect();
+    let whole = split_in_chunks(stream, &[usize::MAX]);
+    let parts = split_in_chunks(stream, &sizes);
+    let bytewise = split_in_chunks(stream, &[1]);
+    assert_eq!(whole, parts, "chunking changed the events");
+    assert_eq!(whole, bytewise, "byte-by-byte feeding changed the events");
+    let mut raw: Vec<u8> = whole.0.iter().flat_map(|e| e.raw.iter().copied()).collect();
+    if let Some(t) = &whole.1 {
+        raw.extend_from_slice(t.raw());
+    }
+    assert_eq!(raw, stream, "raw bytes must concatenate to the input");
+}
+
+/// Stream assembly: for every streaming route, pushing the events never panics; a
+/// stream that is complete assembles to a JSON object, and rendering that object back
+/// to SSE and assembling it again gives the same object.
+pub fn sse_assemble(data: &[u8]) {
+    let (events, _) = split_in_chunks(data, &[usize::MAX]);
+    for route in [Route::ChatCompletions, Route::Completions, Route::Responses] {
+        let mut asm = StreamAssembler::new(route);
+        for ev in &events {
+            asm.push(ev);
+        }
+        let _ = asm.usage();
+        let _ = asm.model();
+        let complete = asm.is_complete();
+        let Ok(json) = asm.into_json() else {
+            assert!(
+                !complete || route == Route::Responses,
+                "a complete stream must assemble"
+            );
+            continue;
+        };
+        let first: Value = match serde_json::from_slice(&json) {
+            Ok(v) => v,
+            Err(e) => panic!("assembled body is not JSON ({e}): {json:?}"),
+        };
+        if !complete {
+            continue;
+        }
+        let rendered = match json_to_sse(route, &json, true) {
+            Ok(r) => r,
+            Err(e) => panic!("assembled body does not render ({e}): {json:?}"),
+        };
+        let mut again = StreamAssembler::new(route);
+        for chunk in &rendered {
+            for ev in split_in_chunks(chunk, &[usize::MAX]).0 {
+                again.push(&ev);
+            }
+        }
+        assert!(
+            again.is_complete(),
+            "a rendered complete stream is complete"
+        );
+        let second: Value = match again.into_json().map(|b| serde_json::from_slice(&b)) {
+            Ok(Ok(v)) => v,
+            other => panic!("re-assembly failed: {other:?}"),
+        };
+        assert_eq!(first, second, "render + assemble must round-trip");
+    }
+}
+
+/// Request bodies: a body that parses as an object gets a deterministic key that does
+/// not depend on its formatting, and the bytes prepared for upstream parse to the same
+/// request (same canonical form) with the injected fields added.
+pub fn request_body(data: &[u8]) {
+    let Ok(body) = serde_json::from_slice::<Map<String, Value>>(data) else {
+        return;
+    };
+    let ns = Namespace::shared();
+    let family = FamilyId([1; 32]);
+    for route in Route::ALL {
+        let flags = request_flags(route, &body);
+        assert!(!flags.stream || route.can_stream());
+        let keys = |b: &Map<String, Value>, mode: KeyMode| {
+            compute_keys(&KeyInput {
+                namespace: &ns,
+                strategy: "fuzz",
+                route,
+                body: b,
+                key_mode: mode,
+                family: Some(&family),
+                normalize_whitespace: false,
+            })
+        };
+        let k1 = keys(&body, KeyMode::Exact);
+        assert_eq!(k1.as_ref().ok(), keys(&body, KeyMode::Exact).as_ref().ok());
+        // re-serialized (other whitespace, maybe other key order): the same key
+        if let Ok(re) = serde_json::to_vec(&body)
+            && let Ok(reparsed) = serde_json::from_slice::<Map<String, Value>>(&re)
+        {
+            assert_eq!(
+                k1.as_ref().ok(),
+                keys(&reparsed, KeyMode::Exact).as_ref().ok()
+            );
+        }
+        let _ = keys(&body, KeyMode::Prefix);
+
+        let original = Bytes::copy_from_slice(data);
+        let inject = Injections {
+            include_usage: true,
+            prompt_cache_key: Some("fuzz-key"),
+        };
+        let prepared = match prepare_upstream_body(&original, &body, route, &inject) {
+            Ok(p) => p,
+            Err(e) => panic!("prepare failed on a parsed body: {e}"),
+        };
+        let sent: Map<String, Value> = match serde_json::from_slice(&prepared) {
+            Ok(m) => m,
+            Err(e) => panic!("prepared body is not a JSON object ({e}): {prepared:?}"),
+        };
+        assert_eq!(
+            canonical_json(&body, false),
+            canonical_json(&sent, false),
+            "injection must not change the request's meaning"
+        );
+        let after = request_flags(route, &sent);
+        if flags.has_prompt_cache_key {
+            assert_eq!(sent.get("prompt_cache_key"), body.get("prompt_cache_key"));
+        } else if matches!(route, Route::ChatCompletions | Route::Responses) {
+            assert_eq!(sent.get("prompt_cache_key"), Some(&Value::from("fuzz-key")));
+        }
+        if flags.stream && matches!(route, Route::ChatCompletions | Route::Completions) {
+            assert!(
+                after.include_usage,
+                "include_usage must be on after injection"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_sse() -> impl Strategy<Value = Vec<u8>> {
+        let data = prop_oneof![
+            Just(br#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#.to_vec()),
+            Just(br#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#.to_vec()),
+            Just(br#"{"id":"c","choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}"#.to_vec()),
+            Just(br#"{"id":"c","choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]}}]}"#.to_vec()),
+            Just(br#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.to_vec()),
+            Just(br#"{"id":"c","choices":[{"index":1,"delta":{},"finish_reason":"tool_calls"}]}"#.to_vec()),
+            Just(br#"{"id":"c","choices":[{"text":" yes","index":0,"logprobs":null,"finish_reason":"length"}]}"#.to_vec()),
+            Just(br#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#.to_vec()),
+            Just(br#"{"type":"response.completed","response":{"id":"r","status":"completed","output":[],"usage":{"input_tokens":1,"output_tokens":1}}}"#.to_vec()),
+            Just(br#"{"error":{"message":"boom"}}"#.to_vec()),
+            Just(b"[DONE]".to_vec()),
+            "[ -~]{0,16}".prop_map(String::into_bytes),
+        ];
+        prop::collection::vec(data, 0..10).prop_map(|evs| {
+            let mut out = Vec::new();
+            for d in evs {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&d);
+                out.extend_from_slice(b"\n\n");
+            }
+            out
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn split_invariants_hold(data in prop::collection::vec(any::<u8>(), 0..256)) {
+            sse_split(&data);
+        }
+
+        #[test]
+        fn split_invariants_hold_on_sse_like_input(seed in any::<[u8; 2]>(), stream in arb_sse()) {
+            let mut data = seed.to_vec();
+            data.extend_from_slice(&stream);
+            sse_split(&data);
+        }
+
+        #[test]
+        fn assembly_invariants_hold(stream in arb_sse()) {
+            sse_assemble(&stream);
+        }
+
+        #[test]
+        fn assembly_survives_noise(data in prop::collection::vec(any::<u8>(), 0..256)) {
+            sse_assemble(&data);
+        }
+
+        #[test]
+        fn request_invariants_hold(body in arb_body()) {
+            request_body(&body);
+        }
+    }
+
+    fn arb_body() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop_oneof![
+            Just(r#""model":"gpt-4o""#.to_string()),
+            Just(r#""stream":true"#.to_string()),
+            Just(r#""stream":false"#.to_string()),
+            Just(r#""stream_options":{"include_usage":false}"#.to_string()),
+            Just(r#""stream_options":null"#.to_string()),
+            Just(r#""stream_options":{"include_usage":true}"#.to_string()),
+            Just(r#""prompt_cache_key":"mine""#.to_string()),
+            Just(r#""prompt_cache_key":null"#.to_string()),
+            Just(r#""temperature":0.7"#.to_string()),
+            Just(r#""messages":[{"role":"user","content":"hi \u00e9"}]"#.to_string()),
+            "\"[a-z]{1,4}\":[0-9]{1,3}",
+        ];
+        (prop::collection::vec(field, 0..6), "[ \n]{0,2}").prop_map(|(fields, ws)| {
+            format!("{ws}{{{}}}", fields.join(&format!(",{ws}"))).into_bytes()
+        })
+    }
+}
