@@ -1,0 +1,2 @@
+//! Where two prompts' tokens first diverge, and the tokens around that point: the logic
+//! behind `prefixcache diff`.
