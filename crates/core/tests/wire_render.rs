@@ -2,6 +2,9 @@
 //! pieces, tool-call heads, finish chunk, usage chunk, `[DONE]`; typed Responses events
 //! with sequence numbers) and the round trip JSON -> SSE -> assembled JSON.
 
+// Helpers outside #[test] fns are test code too; clippy.toml only exempts the fns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use prefixcache_core::route::Route;
 use prefixcache_core::sse::{EventKind, StreamAssembler, split_all};

@@ -2,6 +2,9 @@
 //! chunks, interleaved `n = 2` choices with logprobs and a refusal, the usage chunk,
 //! legacy completions, a Responses stream with a function call, and broken streams.
 
+// Helpers outside #[test] fns are test code too; clippy.toml only exempts the fns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use prefixcache_core::route::Route;
 use prefixcache_core::sse::{EventKind, SseSplitter, SseTail, StreamAssembler};
