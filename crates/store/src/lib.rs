@@ -7,10 +7,20 @@
 //! # Layout
 //! - [`clock`]: wall-clock milliseconds, real or manual (for TTL tests without sleeps).
 //! - [`entry`]: the versioned, checksummed binary encoding of an [`Entry`].
+//! - [`memory`]: moka, bounded by bytes; the whole cache or the hot tier of another.
+//! - [`disk`]: redb under the data directory, group commit, eviction by expiry.
+//! - [`tiered`]: a memory tier in front of another store, and its freshness rules.
+//! - [`guard`]: the fail-open guard: timeouts and a circuit breaker around a store.
+//! - `open.rs`: [`open`], which builds the configured store for the proxy.
 //! - `lib.rs`: the trait, the entry, errors, stats and purge filters.
 
 pub mod clock;
+pub mod disk;
 pub mod entry;
+pub mod guard;
+pub mod memory;
+mod open;
+pub mod tiered;
 
 use std::fmt;
 
@@ -21,6 +31,7 @@ use prefixcache_core::route::Route;
 use prefixcache_core::usage::Usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use open::{OpenedStore, open};
 
 /// The form a response body was received and stored in. A hit can be rendered in the
 /// other form (JSON from a stored stream and vice versa).
@@ -141,7 +152,9 @@ impl PurgeFilter {
 /// - `get` of an absent, expired or undecodable entry is `Ok(None)`; an undecodable
 ///   (corrupt or old-format) entry is also deleted, best effort.
 /// - `put` overwrites; the entry expires at `entry.meta.expires_at_ms` by the store's clock.
-///   A `put` whose entry has already expired stores nothing and succeeds.
+///   A `put` whose entry has already expired stores nothing (an older entry under the
+///   key is removed: the newer response superseded it) and succeeds. A backend may
+///   decline to store an entry too large for its budget, the same way.
 /// - Errors mean the store is unwell, never that a key is missing. No method panics.
 /// - Futures may be dropped at any await point (timeouts); a dropped `put` either
 ///   happened or did not, it never leaves a half-written entry that decodes.
@@ -176,4 +189,20 @@ impl fmt::Debug for dyn CacheStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CacheStore({})", self.backend())
     }
+}
+
+/// Bodies at least this large are encoded on a blocking thread: lz4 runs at roughly
+/// 0.5-1 GB/s, so above this an encode would hold a runtime thread for a few hundred
+/// microseconds.
+const ENCODE_OFFLOAD_BYTES: usize = 256 * 1024;
+
+/// Encodes `entry` without holding up the async runtime on large bodies.
+pub(crate) async fn encode_off_runtime(entry: &Entry) -> Result<Vec<u8>, StoreError> {
+    if entry.body.len() < ENCODE_OFFLOAD_BYTES {
+        return Ok(entry::encode(entry));
+    }
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || entry::encode(&entry))
+        .await
+        .map_err(|e| StoreError::Backend(format!("encode task failed: {e}")))
 }
