@@ -1,2 +1,44 @@
-//! The mock OpenAI upstream (DESIGN.md §10): real wire format, exact usage, simulated
-//! provider prompt cache, configurable latency and error models. Not built yet.
+//! The mock OpenAI upstream (DESIGN.md §10): the cached routes and `GET /v1/models` in
+//! the real API's wire format, deterministic content derived from the request, exact
+//! `usage` from the real tokenizer, SSE streams chunked like the real ones, a simulation
+//! of the provider's prompt cache that fills `cached_tokens`, configurable latency, and
+//! special model names that produce errors, hangs and cut connections. Tests and
+//! benchmarks in other crates start it with [`spawn_local`]; `prefixcache mock-upstream`
+//! runs it as a process. Decisions and approximations: `docs/mock-upstream.md`.
+//!
+//! # Layout
+//! - [`config`]: [`MockConfig`], [`Latency`] specs, prompt-cache parameters.
+//! - [`server`]: [`Mock`] (shared state, counters), [`app`], [`serve`], [`spawn_local`].
+//! - [`stats`]: request counters and recorded requests.
+//! - `plan`: parsing a request into a prepared answer; special models; the tool rule.
+//! - `chat`, `completions`, `embeddings`, `responses`, `models`: one file per route.
+//! - [`prompt`]: prompt token sequences (message framing, tools) and prefix hashes.
+//! - [`prompt_cache`]: the simulated provider prompt cache.
+//! - [`generate`]: deterministic prose, schema-conforming JSON, logprobs.
+//! - `sse`: event framing and the paced, cuttable stream body.
+//! - `error`: OpenAI-shaped errors.
+//! - [`clock`], [`rng`], [`words`]: injectable time, seeded randomness, the vocabulary.
+
+mod chat;
+pub mod clock;
+mod completions;
+pub mod config;
+mod embeddings;
+mod error;
+pub mod generate;
+mod models;
+mod plan;
+pub mod prompt;
+pub mod prompt_cache;
+mod responses;
+pub mod rng;
+pub mod server;
+mod sse;
+pub mod stats;
+pub mod words;
+
+pub use config::{Latency, MockConfig, PromptCacheConfig};
+pub use embeddings::model_dimensions;
+pub use error::ApiError;
+pub use server::{Mock, MockServer, app, serve, spawn_local};
+pub use stats::{MockRoute, RecordedRequest, Stats};
