@@ -349,7 +349,7 @@ struct MemoEntry {
     first: Box<str>,
     first_truncated: bool,
     /// The window the family was decided on, when larger than the first.
-    decided: Option<(Box<str>, bool, usize)>,
+    decided: Option<(Arc<str>, bool, usize)>,
     family: Family,
 }
 
@@ -403,7 +403,9 @@ impl FamilyMemo {
             let mut s = lock(shard);
             let hit = s.lookup(hash, params, &first);
             match &hit {
-                Some(_) => s.hits += 1,
+                Some((_, None)) => s.hits += 1,
+                // counted once the larger window is compared
+                Some((_, Some(_))) => {}
                 None => s.misses += 1,
             }
             hit
@@ -420,9 +422,13 @@ impl FamilyMemo {
                         params.normalize_whitespace,
                         cap,
                     );
-                    if w.truncated == truncated && *w.text == *window {
+                    let valid = w.truncated == truncated && *w.text == *window;
+                    let mut s = lock(shard);
+                    if valid {
+                        s.hits += 1;
                         return fam;
                     }
+                    s.misses += 1;
                 }
             }
         }
@@ -436,13 +442,8 @@ impl FamilyMemo {
                 params: *params,
                 first: first_text,
                 first_truncated,
-                decided: (decided.cap != first_cap).then(|| {
-                    (
-                        decided.text.into_boxed_str(),
-                        decided.truncated,
-                        decided.cap,
-                    )
-                }),
+                decided: (decided.cap != first_cap)
+                    .then(|| (Arc::from(decided.text), decided.truncated, decided.cap)),
                 family: fam.clone(),
             };
             lock(shard).insert(hash, entry, self.shard_budget);
@@ -463,7 +464,7 @@ impl FamilyMemo {
     }
 }
 
-type Decided = Option<(Box<str>, bool, usize)>;
+type Decided = Option<(Arc<str>, bool, usize)>;
 
 impl Shard {
     fn lookup(

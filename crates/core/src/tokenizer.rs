@@ -175,6 +175,13 @@ impl Encoding {
         }
     }
 
+    /// The tokens of one pre-tokenizer piece (as [`Encoding::pieces`] yields it):
+    /// byte-pair encoding only, no further split. `encode(text)` is the concatenation
+    /// of `encode_piece` over `pieces(text)`.
+    pub fn encode_piece(self, piece: &str) -> Vec<u32> {
+        self.bpe().bpe.encode_via_backtracking(piece.as_bytes())
+    }
+
     /// The pre-tokenizer pieces of `text`, in order (tiktoken's regex split).
     pub fn pieces(self, text: &str) -> impl Iterator<Item = &str> {
         self.bpe().split(text)
