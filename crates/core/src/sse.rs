@@ -230,6 +230,8 @@ pub struct SseSplitter {
     state: ScanState,
     /// No event has been completed yet (a BOM may open the stream).
     at_stream_start: bool,
+    /// The first bytes may still turn out to be a BOM.
+    bom_undecided: bool,
     /// Bytes fed so far, for limits and diagnostics.
     fed: u64,
 }
@@ -246,6 +248,7 @@ impl SseSplitter {
             buf: BytesMut::new(),
             state: ScanState::START,
             at_stream_start: true,
+            bom_undecided: true,
             fed: 0,
         }
     }
@@ -268,6 +271,9 @@ impl SseSplitter {
     /// allocation per chunk).
     pub fn push_into(&mut self, mut chunk: Bytes, out: &mut Vec<SseEvent>) {
         self.fed += chunk.len() as u64;
+        if self.bom_undecided && !self.take_bom(&mut chunk) {
+            return;
+        }
         while !chunk.is_empty() {
             match self.state.scan(&chunk) {
                 Some(end) => {
@@ -288,6 +294,28 @@ impl SseSplitter {
                 }
             }
         }
+    }
+
+    /// Decides whether the stream opens with a UTF-8 BOM, which the spec strips once at
+    /// offset 0, however the bytes are chunked. A BOM stays in the first event's `raw`
+    /// (and is skipped when its fields are parsed) but does not start a line: a blank
+    /// line right after it is a blank line. Returns false while still undecided.
+    fn take_bom(&mut self, chunk: &mut Bytes) -> bool {
+        const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+        let have = self.buf.len();
+        let take = (BOM.len() - have).min(chunk.len());
+        if chunk[..take] == BOM[have..have + take] {
+            self.buf.extend_from_slice(&chunk[..take]);
+            let _ = chunk.split_to(take);
+            if self.buf.len() < BOM.len() {
+                return false;
+            }
+        } else if have > 0 {
+            // A BOM prefix that was not one is ordinary line content.
+            self.state.line_start = false;
+        }
+        self.bom_undecided = false;
+        true
     }
 
     /// Bytes held for the event in progress.
@@ -959,6 +987,15 @@ mod tests {
         let (evs, _) = split(&[b"\xEF\xBB\xBFdata: a\n\n\xEF\xBB\xBFdata: b\n\n"]);
         assert_eq!(data(&evs[0]), "a");
         assert_eq!(evs[1].data, None, "a BOM later is part of a field name");
+        // split one byte per chunk, and followed at once by a blank line
+        let (evs, _) = split(&[b"\xEF", b"\xBB", b"\xBF", b"\n", b"data: a\n\n"]);
+        assert_eq!(evs.len(), 2);
+        assert_eq!(&evs[0].raw[..], b"\xEF\xBB\xBF\n");
+        assert_eq!(data(&evs[1]), "a");
+        // a BOM prefix that is not a BOM is content
+        let (evs, _) = split(&[b"\xEF", b"\xBBdata: a\n\n"]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].data, None);
     }
 
     #[test]
