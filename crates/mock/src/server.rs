@@ -151,12 +151,22 @@ impl Mock {
         format!("req_{:016x}{:016x}", rng.next_u64(), rng.next_u64())
     }
 
+    /// The next latency draw of the configured distribution: draw `i` depends only on the
+    /// seed and `i`, so a sequential run is reproducible.
+    pub fn sample_latency(&self) -> Duration {
+        self.draw(self.config.latency)
+    }
+
     fn latency(&self, headers: &HeaderMap) -> Duration {
         let spec = headers
             .get("x-mock-latency")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<Latency>().ok())
             .unwrap_or(self.config.latency);
+        self.draw(spec)
+    }
+
+    fn draw(&self, spec: Latency) -> Duration {
         if spec == Latency::Zero {
             return Duration::ZERO;
         }

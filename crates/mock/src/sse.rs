@@ -68,6 +68,9 @@ pub(crate) fn body(parts: Vec<Bytes>, pacing: Pacing, in_flight: InFlight) -> Bo
                 return None;
             }
             st.sent = usize::MAX;
+            // Return Pending once first: hyper flushes what it has buffered while the
+            // body is pending, so the parts sent so far reach the client before the close.
+            tokio::task::yield_now().await;
             let err = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "mock-cut-stream");
             return Some((Err(err), st));
         }
