@@ -2,6 +2,9 @@
 //! text, the memo never answers differently from the uncached computation, and the
 //! family depends on the first N tokens and nothing else.
 
+// Test helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use prefixcache_core::key::normalize_whitespace;
 use prefixcache_core::prefix::{
     Family, FamilyMemo, FamilyParams, PrefixScope, count_prefix_tokens, family, prefix_text,

@@ -4,6 +4,9 @@
 //! both encodings' split patterns, and by property tests on longer, whitespace-heavy and
 //! adversarial text.
 
+// Test helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use prefixcache_core::tokenizer::{Encoding, FirstTokens};
 use proptest::prelude::*;
 

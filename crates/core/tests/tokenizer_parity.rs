@@ -6,6 +6,9 @@
 //! The same corpus also checks the cut rule of `Encoding::extend_first`: tokens
 //! settled on any cut of a corpus text are the first tokens of the whole text.
 
+// Test helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
