@@ -11,9 +11,14 @@
 
 use std::collections::BTreeMap;
 
+use std::borrow::Cow;
+use std::fmt;
+
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -442,8 +447,12 @@ struct ChoicesState {
     /// Per choice index: the accumulated choice (`delta` merged into `message`, or
     /// `text` for legacy completions).
     choices: BTreeMap<u64, Map<String, Value>>,
+    /// Per choice index: the merged `delta`s, which become the `message`.
+    messages: BTreeMap<u64, Map<String, Value>>,
     usage: Option<Value>,
     done: bool,
+    /// A data line was not JSON: the stream cannot be trusted to be complete.
+    malformed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -460,9 +469,6 @@ struct ResponsesState {
     /// terminal event omits `output`.
     done_items: BTreeMap<u64, Box<RawValue>>,
 }
-
-/// Top-level chunk keys that are not part of the assembled object.
-const CHUNK_ONLY_KEYS: [&str; 4] = ["choices", "usage", "object", "obfuscation"];
 
 impl StreamAssembler {
     pub fn new(route: Route) -> StreamAssembler {
@@ -507,6 +513,7 @@ impl StreamAssembler {
         match &self.inner {
             Inner::Choices(st) => {
                 st.done
+                    && !st.malformed
                     && !st.choices.is_empty()
                     && st
                         .choices
@@ -575,77 +582,70 @@ impl ChoicesState {
         if ev.event.as_deref() == Some(b"error") {
             return EventKind::Failed;
         }
-        let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(data) else {
+        if data.iter().all(u8::is_ascii_whitespace) {
             return EventKind::Other;
-        };
-        if chunk.get("error").is_some_and(|e| !e.is_null()) {
-            return EventKind::Failed;
         }
-        let choices = chunk.remove("choices");
-        let usage = chunk.remove("usage").filter(|u| !u.is_null());
-        let n_choices = match choices {
-            Some(Value::Array(list)) => {
-                let n = list.len();
-                for choice in list {
-                    self.merge_choice(choice);
-                }
-                n
+        // Merged straight from the parser into the accumulated state: no intermediate
+        // `Value` tree, and text borrowed from the input when it has no escapes.
+        let mut de = serde_json::Deserializer::from_slice(data);
+        let parsed = ChunkSeed { st: self }
+            .deserialize(&mut de)
+            .and_then(|out| de.end().map(|()| out));
+        let out = match parsed {
+            Ok(out) => out,
+            Err(_) => {
+                // A chunk that is not JSON may have been merged in part: whatever the
+                // stream assembles to can no longer be trusted, so it is never complete.
+                self.malformed = true;
+                return EventKind::Other;
             }
-            _ => 0,
         };
-        for (k, v) in chunk {
-            if CHUNK_ONLY_KEYS.contains(&k.as_str()) {
-                continue;
-            }
-            // A key seen only as null (`system_fingerprint: null`) stays, as null.
-            if !v.is_null() || !self.top.contains_key(&k) {
-                self.top.insert(k, v);
-            }
-        }
-        match usage {
-            Some(u) => {
-                self.usage = Some(u);
-                if n_choices == 0 {
-                    EventKind::UsageOnly
-                } else {
-                    EventKind::Chunk
-                }
-            }
-            None => EventKind::Chunk,
+        if out.error {
+            EventKind::Failed
+        } else if out.usage && out.choices == 0 {
+            EventKind::UsageOnly
+        } else {
+            EventKind::Chunk
         }
     }
 
-    fn merge_choice(&mut self, choice: Value) {
-        let Value::Object(choice) = choice else {
-            return;
-        };
-        let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+    /// Sets a top-level field: the last non-null value wins; a key seen only as null
+    /// (`system_fingerprint: null`) stays, as null.
+    fn set_top(&mut self, key: Cow<'_, str>, f: Field<'_>) {
+        match (self.top.get_mut(&*key), f) {
+            (Some(Value::String(old)), Field::Str(new)) => {
+                if *old != *new {
+                    *old = new.into_owned();
+                }
+            }
+            (Some(_), Field::Other(Value::Null)) => {}
+            (Some(slot), f) => *slot = f.into_value(),
+            (None, f) => {
+                self.top.insert(key.into_owned(), f.into_value());
+            }
+        }
+    }
+
+    /// Merges one field of a choice (not `index`, not `delta`) into choice `index`.
+    fn merge_choice_field(&mut self, index: u64, key: Cow<'_, str>, f: Field<'_>) {
         let acc = self.choices.entry(index).or_default();
-        for (k, v) in choice {
-            match k.as_str() {
-                "index" => {
-                    acc.insert(k, v);
-                }
-                // The delta becomes the message; merged field by field.
-                "delta" => {
-                    if let Value::Object(delta) = v {
-                        let msg = acc
-                            .entry("message")
-                            .or_insert_with(|| Value::Object(Map::new()));
-                        if let Value::Object(msg) = msg {
-                            accumulate(msg, delta);
-                        }
-                    }
-                }
-                "text" | "logprobs" => accumulate_field(acc, k, v),
-                // finish_reason and provider extras: last non-null wins.
-                _ => {
-                    if !v.is_null() || !acc.contains_key(&k) {
-                        acc.insert(k, v);
-                    }
+        match &*key {
+            // streamed piecewise: text concatenates, logprob lists extend
+            "text" | "logprobs" => merge_field(acc, key, f),
+            // finish_reason and provider extras: last non-null wins
+            _ => {
+                let v = f.into_value();
+                if !v.is_null() || !acc.contains_key(&*key) {
+                    acc.insert(key.into_owned(), v);
                 }
             }
         }
+    }
+
+    /// The accumulated `message` of choice `index` (its merged deltas).
+    fn message_mut(&mut self, index: u64) -> &mut Map<String, Value> {
+        self.choices.entry(index).or_default();
+        self.messages.entry(index).or_default()
     }
 
     fn into_json(self, route: Route) -> Result<Bytes, WireError> {
@@ -657,15 +657,13 @@ impl ChoicesState {
             _ => "chat.completion",
         };
         let mut top = self.top;
+        let mut messages = self.messages;
         let mut choices = Vec::with_capacity(self.choices.len());
         for (index, mut c) in self.choices {
             let mut out = Map::new();
             out.insert("index".into(), Value::from(index));
             if route == Route::ChatCompletions {
-                let mut msg = match c.remove("message") {
-                    Some(Value::Object(m)) => m,
-                    _ => Map::new(),
-                };
+                let mut msg = messages.remove(&index).unwrap_or_default();
                 finish_message(&mut msg);
                 out.insert("message".into(), Value::Object(msg));
             } else {
@@ -724,6 +722,334 @@ fn finish_message(msg: &mut Map<String, Value>) {
             }
         }
     }
+}
+
+/// A JSON value as the merge needs it: strings apart (borrowed from the input when they
+/// have no escapes, so streamed text is appended without an allocation per chunk).
+enum Field<'de> {
+    Str(Cow<'de, str>),
+    Other(Value),
+}
+
+impl Field<'_> {
+    fn into_value(self) -> Value {
+        match self {
+            Field::Str(s) => Value::String(s.into_owned()),
+            Field::Other(v) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::Null))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::from(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Value::deserialize(SeqAccessDeserializer::new(seq)).map(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Value::deserialize(MapAccessDeserializer::new(map)).map(Field::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Field::deserialize(d)? {
+            Field::Str(s) => Ok(Key(s)),
+            Field::Other(_) => Err(de::Error::custom("object key is not a string")),
+        }
+    }
+}
+
+/// What one chunk held, besides what was merged.
+#[derive(Default)]
+struct ChunkOut {
+    choices: usize,
+    usage: bool,
+    error: bool,
+}
+
+/// Parses a chat/completions chunk, merging it into the state as it goes.
+struct ChunkSeed<'s> {
+    st: &'s mut ChoicesState,
+}
+
+impl<'de> DeserializeSeed<'de> for ChunkSeed<'_> {
+    type Value = ChunkOut;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ChunkOut, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChunkSeed<'_> {
+    type Value = ChunkOut;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a chunk object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChunkOut, A::Error> {
+        let mut out = ChunkOut::default();
+        while let Some(Key(key)) = map.next_key()? {
+            match &*key {
+                "choices" => {
+                    out.choices += map.next_value_seed(ChoicesSeed { st: &mut *self.st })?
+                }
+                "usage" => {
+                    let v: Value = map.next_value()?;
+                    if !v.is_null() {
+                        self.st.usage = Some(v);
+                        out.usage = true;
+                    }
+                }
+                "error" => out.error |= !map.next_value::<Value>()?.is_null(),
+                "object" | "obfuscation" => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                _ => {
+                    let f: Field<'_> = map.next_value()?;
+                    self.st.set_top(key, f);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `choices` list of a chunk; yields how many choices it had.
+struct ChoicesSeed<'s> {
+    st: &'s mut ChoicesState,
+}
+
+impl<'de> DeserializeSeed<'de> for ChoicesSeed<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChoicesSeed<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of choices")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while seq
+            .next_element_seed(ChoiceSeed { st: &mut *self.st })?
+            .is_some()
+        {
+            n += 1;
+        }
+        Ok(n)
+    }
+    // Anything but a list holds no choice.
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_none<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
+        IgnoredAny.visit_map(map).map(|_| 0)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<usize, E> {
+        Ok(0)
+    }
+}
+
+/// One choice of a chunk. Its fields are merged as soon as its `index` is known (the
+/// API sends `index` first); fields before it wait.
+struct ChoiceSeed<'s> {
+    st: &'s mut ChoicesState,
+}
+
+impl<'de> DeserializeSeed<'de> for ChoiceSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChoiceSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a choice object")
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let mut index: Option<u64> = None;
+        let mut early: Vec<(Cow<'de, str>, Field<'de>)> = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            match (&*key, index) {
+                ("index", _) => {
+                    let i = map.next_value::<Value>()?.as_u64().unwrap_or(0);
+                    index = Some(i);
+                    self.st.choices.entry(i).or_default();
+                    for (k, f) in early.drain(..) {
+                        self.merge(i, k, f);
+                    }
+                }
+                ("delta", Some(i)) => {
+                    map.next_value_seed(DeltaSeed {
+                        msg: self.st.message_mut(i),
+                    })?;
+                }
+                (_, Some(i)) => {
+                    let f: Field<'de> = map.next_value()?;
+                    self.merge(i, key, f);
+                }
+                (_, None) => early.push((key, map.next_value()?)),
+            }
+        }
+        let i = index.unwrap_or(0);
+        self.st.choices.entry(i).or_default();
+        for (k, f) in early {
+            self.merge(i, k, f);
+        }
+        Ok(())
+    }
+    // A choice that is not an object has nothing to merge.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| ())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+impl ChoiceSeed<'_> {
+    fn merge(&mut self, index: u64, key: Cow<'_, str>, f: Field<'_>) {
+        if key == "delta" {
+            if let Field::Other(Value::Object(delta)) = f {
+                accumulate(self.st.message_mut(index), delta);
+            }
+        } else {
+            self.st.merge_choice_field(index, key, f);
+        }
+    }
+}
+
+/// A choice's `delta`, merged field by field into the accumulated message.
+struct DeltaSeed<'s> {
+    msg: &'s mut Map<String, Value>,
+}
+
+impl<'de> DeserializeSeed<'de> for DeltaSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DeltaSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a delta object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key()? {
+            let f: Field<'de> = map.next_value()?;
+            merge_field(self.msg, key, f);
+        }
+        Ok(())
+    }
+    // A delta that is not an object adds nothing.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| ())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// [`accumulate_field`] with the common case first: a streamed string appended to the
+/// accumulated one in place.
+fn merge_field(acc: &mut Map<String, Value>, key: Cow<'_, str>, f: Field<'_>) {
+    if let Field::Str(s) = &f
+        && !REPLACE_KEYS.contains(&&*key)
+        && let Some(Value::String(a)) = acc.get_mut(&*key)
+    {
+        a.push_str(s);
+        return;
+    }
+    accumulate_field(acc, key.into_owned(), f.into_value());
 }
 
 /// Keys whose value identifies something rather than being streamed piecewise: a new
@@ -1022,6 +1348,46 @@ mod tests {
         let mut s = SseSplitter::new();
         let evs = s.push_bytes(chunk.clone());
         assert_eq!(evs[0].raw.as_ptr(), chunk.as_ptr(), "sliced, not copied");
+    }
+
+    fn chat(events: &[&str]) -> StreamAssembler {
+        let mut a = StreamAssembler::new(Route::ChatCompletions);
+        for e in events {
+            for ev in split(&[format!("data: {e}\n\n").as_bytes()]).0 {
+                a.push(&ev);
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn choice_fields_before_index_wait_for_it() {
+        let a = chat(&[
+            r#"{"choices":[{"delta":{"role":"assistant","content":"Hé"},"finish_reason":null,"index":1}]}"#,
+            r#"{"choices":[{"delta":{"content":"llo \"x\""},"index":1,"finish_reason":"stop"}]}"#,
+            "[DONE]",
+        ]);
+        assert!(a.is_complete());
+        let v: Value = serde_json::from_slice(&a.into_json().unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["index"], 1);
+        assert_eq!(v["choices"][0]["message"]["content"], "Héllo \"x\"");
+    }
+
+    #[test]
+    fn a_malformed_chunk_makes_a_stream_incomplete() {
+        let ok = r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}"#;
+        assert!(chat(&[ok, "[DONE]"]).is_complete());
+        let mut a = StreamAssembler::new(Route::ChatCompletions);
+        let evs = split(&[format!(
+            "data: {ok}\n\ndata: {{\"choices\":[{{\"index\":0,\n\ndata: [DONE]\n\n"
+        )
+        .as_bytes()])
+        .0;
+        let kinds: Vec<EventKind> = evs.iter().map(|e| a.push(e)).collect();
+        assert_eq!(kinds, [EventKind::Chunk, EventKind::Other, EventKind::Done]);
+        assert!(!a.is_complete());
+        // blank data (a keep-alive some servers send) is harmless
+        assert!(chat(&[ok, "", "[DONE]"]).is_complete());
     }
 
     fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
