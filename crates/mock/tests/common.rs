@@ -2,6 +2,8 @@
 //! splitter (deliberately not the proxy's parser, so the two check each other).
 
 #![allow(dead_code)]
+// Test helpers: a failed expectation should panic with its message, like in a #[test].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use prefixcache_mock::MockServer;
 use serde_json::Value;

@@ -1,6 +1,9 @@
 //! The wire format of every route, streamed and not, checked field by field, with the
 //! streams parsed back by a plain SSE split and their sequence invariants asserted.
 
+// Helpers outside #[test] fns assert like tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Event, get, post, sse_events};
@@ -127,15 +130,7 @@ async fn chat_completion_shape_usage_and_determinism() {
 
 /// Checks a chat stream's invariants and returns (per-choice content, per-choice tool
 /// calls as (id, name, arguments), per-choice finish reason, usage if sent).
-fn check_chat_stream(
-    events: &[Event],
-    include_usage: bool,
-) -> (
-    Vec<String>,
-    Vec<Vec<(String, String, String)>>,
-    Vec<String>,
-    Option<Value>,
-) {
+fn check_chat_stream(events: &[Event], include_usage: bool) -> Assembled {
     assert_eq!(
         events.last().unwrap().data,
         "[DONE]",
@@ -241,6 +236,15 @@ fn check_chat_stream(
         .collect();
     (content, calls, finish, usage)
 }
+
+/// Per-choice content, per-choice tool calls as (id, name, arguments), per-choice finish
+/// reason, and the usage chunk's usage if one was sent.
+type Assembled = (
+    Vec<String>,
+    Vec<Vec<(String, String, String)>>,
+    Vec<String>,
+    Option<Value>,
+);
 
 #[tokio::test]
 async fn chat_stream_matches_the_json_answer() {
