@@ -13,8 +13,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use prefixcache_core::config::KeyMode;
 use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys};
+use prefixcache_core::prefix::FamilyParams;
 use prefixcache_core::route::Route;
-use prefixcache_core::sse::{EventKind, SseSplitter, StreamAssembler};
+use prefixcache_core::sse::{EventKind, SseSplitter, SseTail, StreamAssembler};
 use prefixcache_core::usage::Usage;
 use prefixcache_core::wire::{self, Injections};
 use prefixcache_store::{ContentForm, Entry, EntryMeta};
@@ -123,7 +124,7 @@ async fn handle_inner(
     let body = parse_object(&raw)?;
     let directives = CacheDirectives::from_headers(&parts.headers)?;
     let flags = wire::request_flags(route, &body);
-    let model = flags.model.as_deref().unwrap_or("");
+    let model = flags.model.unwrap_or("");
     let strategy = state
         .config
         .strategy_for(directives.strategy.as_deref(), model, route.path())
@@ -139,30 +140,20 @@ async fn handle_inner(
         &parts.headers,
         state.fallback_authorization.as_deref(),
     );
-    let family: Option<FamilyId> = None;
-    let keys = match compute_keys(&KeyInput {
+    let family = state
+        .families
+        .family(route, &body, &FamilyParams::for_strategy(strategy, model));
+    let keys = compute_keys(&KeyInput {
         namespace: &namespace,
         strategy: &strategy.name,
         route,
         body: &body,
         key_mode: strategy.key_mode,
-        family: family.as_ref(),
+        family: Some(&family.id),
         normalize_whitespace: strategy.normalize_whitespace,
-    }) {
-        Ok(keys) => keys,
-        // Without a family a prefix-mode slot cannot be chosen; fall back to the exact
-        // key rather than failing the request.
-        Err(_) => compute_keys(&KeyInput {
-            namespace: &namespace,
-            strategy: &strategy.name,
-            route,
-            body: &body,
-            key_mode: KeyMode::Exact,
-            family: None,
-            normalize_whitespace: strategy.normalize_whitespace,
-        })
-        .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
-    };
+    })
+    .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let family = Some(family.id);
     ctx.key = Some(keys.key);
 
     let ttl = strategy.effective_ttl(directives.ttl);
@@ -181,13 +172,21 @@ async fn handle_inner(
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
         if entry.meta.request_hash == keys.request_hash && entry.meta.route == route {
-            match render(route, entry.meta.form, &entry.body, want, Some(&keys.key), true) {
+            match render(
+                route,
+                entry.meta.form,
+                &entry.body,
+                want,
+                Some(&keys.key),
+                true,
+            ) {
                 Ok(rendered) => {
                     ctx.outcome = Some(Outcome::Hit);
                     let age = state.now_ms().saturating_sub(entry.meta.created_at_ms) / 1000;
                     let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
                     set_cache_headers(resp.headers_mut(), Outcome::Hit, &labels);
-                    resp.headers_mut().insert(headers::AGE, HeaderValue::from(age));
+                    resp.headers_mut()
+                        .insert(headers::AGE, HeaderValue::from(age));
                     return Ok(resp);
                 }
                 Err(e) => {
@@ -381,7 +380,7 @@ fn render(
         Rendered::Events(evs) => Rendered::Events(
             evs.iter()
                 .map(|e| wire::annotate_sse_event(e, cached, &key_hex))
-                .collect::<Result<_, _>>()?,
+                .collect(),
         ),
     })
 }
@@ -546,11 +545,14 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
             }
         }
     }
-    if is_sse && let Some(rest) = splitter.finish() {
-        // A trailing partial event: pass its bytes on so nothing the upstream sent is
-        // lost, though it makes the stream incomplete.
+    if is_sse && let Some(tail) = splitter.finish() {
+        // A trailing event without its blank line: pass its bytes on so nothing the
+        // upstream sent is lost; a cut one leaves the stream incomplete.
+        if let SseTail::Complete(event) = &tail {
+            assembler.push(event);
+        }
         flight.push(Chunk {
-            bytes: rest,
+            bytes: tail.raw().clone(),
             usage_only: false,
         });
     }
@@ -618,15 +620,18 @@ async fn respond_live(
         Err(End::NoResponse(FailKind::Unreachable(m))) => {
             return Err(ApiError::UpstreamUnreachable(m));
         }
-        Err(_) => return Err(ApiError::UpstreamUnreachable("upstream closed the connection before answering".into())),
+        Err(_) => {
+            return Err(ApiError::UpstreamUnreachable(
+                "upstream closed the connection before answering".into(),
+            ));
+        }
     };
     // Annotating a JSON body needs all of it; streams are annotated event by event.
     if want.annotate && !head.is_sse && head.status.is_success() {
         let end = flight.finished().await;
         if end == (End::Finished { complete: true }) {
             let body = flight.body();
-            let annotated = wire::annotate_json(&body, false, &labels.key.to_hex())
-                .unwrap_or(body);
+            let annotated = wire::annotate_json(&body, false, &labels.key.to_hex()).unwrap_or(body);
             let mut resp = Rendered::Json(annotated).into_response(head.status, head.headers);
             set_cache_headers(resp.headers_mut(), outcome, labels);
             return Ok(resp);
@@ -650,9 +655,8 @@ fn live_response(
         // Events may be dropped or annotated on the way: the length is not upstream's.
         headers.remove(header::CONTENT_LENGTH);
     }
-    let stream = futures_util::stream::unfold(
-        (reader, 0usize, false),
-        move |(reader, pos, done)| {
+    let stream =
+        futures_util::stream::unfold((reader, 0usize, false), move |(reader, pos, done)| {
             let annotate_key = annotate_key.clone();
             async move {
                 if done {
@@ -667,8 +671,7 @@ fn live_response(
                                 continue;
                             }
                             let bytes = match &annotate_key {
-                                Some(k) => wire::annotate_sse_event(&c.bytes, cached, k)
-                                    .unwrap_or(c.bytes),
+                                Some(k) => wire::annotate_sse_event(&c.bytes, cached, k),
                                 None => c.bytes,
                             };
                             out.push(bytes);
@@ -686,13 +689,12 @@ fn live_response(
                     )),
                 }
             }
-        },
-    )
-    .filter(|item| {
-        // Skip empty writes (every event of a batch was dropped).
-        let keep = !matches!(item, Ok(b) if b.is_empty());
-        std::future::ready(keep)
-    });
+        })
+        .filter(|item| {
+            // Skip empty writes (every event of a batch was dropped).
+            let keep = !matches!(item, Ok(b) if b.is_empty());
+            std::future::ready(keep)
+        });
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = head.status;
     *resp.headers_mut() = headers;
@@ -711,12 +713,17 @@ async fn follow(
 ) -> Option<Response> {
     let bound = state.upstream.timeout();
     let reader = flight.reader();
-    let head = tokio::time::timeout(bound, flight.head()).await.ok()?.ok()?;
+    let head = tokio::time::timeout(bound, flight.head())
+        .await
+        .ok()?
+        .ok()?;
     if !head.status.is_success() {
         return None;
     }
-    let same_form = head.is_sse == want.stream;
-    if same_form && !(want.annotate && !head.is_sse) {
+    // Live only when the caller wants the form upstream is sending, and the body needs
+    // no whole-body rewrite (annotating a JSON body).
+    let live = head.is_sse == want.stream && (head.is_sse || !want.annotate);
+    if live {
         return Some(live_response(
             reader,
             head,

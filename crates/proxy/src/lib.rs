@@ -18,7 +18,7 @@
 //! - [`error`]: errors in OpenAI's JSON shape.
 
 pub mod admin;
-// pub mod cached; (wired when core::wire lands)
+pub mod cached;
 pub mod error;
 pub mod flight;
 pub mod headers;
@@ -55,7 +55,7 @@ pub fn app(state: AppState) -> Router {
         // Other methods on a cached path (a GET, say) are not cached but still forwarded.
         router = router.route(
             route.path(),
-            post(passthrough::forward).fallback(passthrough::forward),
+            post(cached::handle).fallback(passthrough::forward),
         );
     }
     if state.config.admin.listen.is_none() && state.config.admin.token.is_some() {
@@ -90,17 +90,32 @@ async fn readyz(State(state): State<AppState>) -> Response {
             json!({"backend": state.store.backend(), "status": "degraded", "error": "health check timed out"})
         }
     };
-    let degraded = store["status"] != "ok";
+    let circuit = state.guard.as_ref().map(|g| g.snapshot());
+    let degraded = store["status"] != "ok"
+        || circuit
+            .as_ref()
+            .is_some_and(|c| c.state.as_str() != "closed");
     state.metrics.store_degraded.set(i64::from(degraded));
     let body = json!({
         "status": if degraded { "degraded" } else { "ok" },
         "store": store,
+        "circuit": circuit.map(|c| json!({
+            "state": c.state.as_str(),
+            "consecutive_failures": c.consecutive_failures,
+            "failures": c.failures,
+            "timeouts": c.timeouts,
+            "rejected": c.rejected,
+            "trips": c.trips,
+        })),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let stats = state.store.stats();
+    if let Some(g) = &state.guard {
+        state.metrics.store_degraded.set(i64::from(g.is_degraded()));
+    }
     state.metrics.entries.set(stats.entries as i64);
     state.metrics.store_bytes.set(stats.bytes as i64);
     let mut resp = state.metrics.encode().into_response();

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use prefixcache_core::config::Config;
 use prefixcache_core::key::{CacheKey, TenantSecret};
+use prefixcache_core::prefix::FamilyMemo;
+use prefixcache_store::guard::GuardState;
 use prefixcache_store::{CacheStore, Clock, Entry, StoreError};
 use tokio_util::task::TaskTracker;
 
@@ -28,6 +30,10 @@ pub struct Inner {
     pub fallback_authorization: Option<Vec<u8>>,
     pub clock: Arc<dyn Clock>,
     pub flights: Flights,
+    /// Memo of recent prefix windows: static system prompts recur constantly.
+    pub families: FamilyMemo,
+    /// The fail-open guard of the store, when it has one (degraded state for `/readyz`).
+    pub guard: Option<Arc<GuardState>>,
     pub metrics: Metrics,
     /// Owns upstream-reading and store-writing tasks; waited for at shutdown.
     pub tasks: TaskTracker,
@@ -78,11 +84,22 @@ impl AppState {
                 store,
                 clock,
                 flights: Flights::default(),
+                families: FamilyMemo::default(),
+                guard: None,
                 metrics: Metrics::new(),
                 tasks: TaskTracker::new(),
                 config,
             }),
         })
+    }
+
+    /// Attaches the store's guard state, so `/readyz` and the metrics report it.
+    /// Call before the state is cloned.
+    pub fn with_guard(mut self, guard: Arc<GuardState>) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.guard = Some(guard);
+        }
+        self
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -4,6 +4,9 @@
 //!
 //! # Layout
 //! - `lib.rs`: the skip policy, workspace paths and the Python interpreter.
+//! - [`process`]: server processes started for end-to-end tests.
+
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,10 +1,191 @@
-//! `prefixcache serve` (not built yet).
+//! `prefixcache serve`: load the config (flag > env > file > default), open the store,
+//! and run the proxy until SIGTERM/SIGINT, then drain and exit 0.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prefixcache_core::config::{Config, Layers, LogFormat};
+use prefixcache_proxy::AppState;
+use prefixcache_store::{Clock, SystemClock};
+
+/// Config file read from the working directory when `--config` is not given.
+const DEFAULT_CONFIG_FILE: &str = "prefixcache.toml";
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Config file (TOML). Default: ./prefixcache.toml if it exists.
+    #[arg(long, env = "PREFIXCACHE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Upstream API base URL [default: https://api.openai.com].
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Cache store [default: disk].
+    #[arg(long, value_parser = ["memory", "disk", "redis"])]
+    store: Option<String>,
+    /// Redis URL (redis://, rediss://, redis+cluster://host:port,host:port).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Directory of the disk store and the generated tenant secret [default: ./.prefixcache].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format of the server's own logs [default: text].
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Append one JSON line per request to FILE (DESIGN.md §8).
+    #[arg(long, value_name = "FILE")]
+    log_requests: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`prefixcache serve` is not available in this build yet")
+impl Args {
+    fn flags(&self) -> Vec<(String, String)> {
+        let mut flags = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                flags.push((k.to_string(), v));
+            }
+        };
+        put("listen", self.listen.clone());
+        put("upstream", self.upstream.clone());
+        put("store.kind", self.store.clone());
+        put("store.redis_url", self.redis_url.clone());
+        put(
+            "store.data_dir",
+            self.data_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        put("log.format", self.log_format.clone());
+        put(
+            "log.path",
+            self.log_requests.as_ref().map(|p| p.display().to_string()),
+        );
+        flags
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?,
+        ),
+        None => match std::fs::read_to_string(DEFAULT_CONFIG_FILE) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).context(format!("reading {DEFAULT_CONFIG_FILE}")),
+        },
+    };
+    let config = Config::load(Layers {
+        file,
+        env: std::env::vars().collect(),
+        flags: args.flags(),
+    })
+    .context("loading the configuration")?;
+    init_logging(config.log.format);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Tokenizer vocabularies load once here rather than on the first request.
+    prefixcache_core::tokenizer::Encoding::O200kBase.preload();
+    prefixcache_core::tokenizer::Encoding::Cl100kBase.preload();
+
+    let opened = prefixcache_store::open(&config.store, clock.clone())
+        .await
+        .with_context(|| format!("opening the {} store", config.store.kind.as_str()))?;
+    // Replicas sharing a store must share the secret: a configured one wins, else the
+    // store's shared one (Redis), else one generated into the data dir.
+    let secret = match &config.cache.tenant_secret {
+        Some(s) => s.clone(),
+        None => match opened
+            .shared_secret()
+            .await
+            .context("agreeing on a tenant secret through the store")?
+        {
+            Some(s) => s,
+            None => prefixcache_proxy::tenant::load_or_create_secret(&config.store.data_dir)
+                .with_context(|| {
+                    format!(
+                        "reading or creating the tenant secret in {}",
+                        config.store.data_dir.display()
+                    )
+                })?,
+        },
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (admin)"))?,
+        ),
+        None => None,
+    };
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let state = AppState::new(config.clone(), opened.store.clone(), clock, &secret)?
+        .with_guard(opened.guard.clone());
+    tracing::info!(
+        addr = %addr,
+        upstream = config.upstream.as_str(),
+        store = config.store.kind.as_str(),
+        data_dir = %config.store.data_dir.display(),
+        "prefixcache listening"
+    );
+    // Machine-readable, for scripts that start us on port 0.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("prefixcache listening on http://{addr}");
+    }
+    prefixcache_proxy::serve(state, listener, admin_listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }
