@@ -9,8 +9,9 @@
 //!
 //! # Durability
 //! Batches commit with [`Durability::None`] (no fsync) and the writer makes a durable
-//! commit at most [`DURABLE_INTERVAL`] after the first non-durable one, when idle, on
-//! [`CacheStore::flush`] and on drop. A crash loses at most about a second of writes:
+//! commit at most [`DURABLE_INTERVAL`] after the first non-durable one, after 1/16 of
+//! `disk_bytes` (1 to 64 MiB) written non-durably, when idle, on [`CacheStore::flush`]
+//! and on drop. A crash loses at most about a second of writes:
 //! for a cache that costs a few upstream calls, while an fsync per batch would cap put
 //! throughput at the disk's fsync rate. redb stays consistent either way (its commit
 //! slots are checksummed; a torn commit rolls back to the last good one).
@@ -24,9 +25,10 @@
 //!
 //! # Size accounting
 //! `disk_bytes` bounds the sum of encoded entry sizes plus [`ROW_OVERHEAD`] per entry
-//! (keys, index row, B-tree slack). The file itself is larger by redb's page overhead
-//! and does not shrink when entries are removed (freed pages are reused); see
-//! `docs/stores.md` for measured ratios.
+//! (keys, index row, B-tree slack). The file itself is larger: redb rounds large values
+//! up to power-of-two pages, copies pages on write, and reuses freed pages only after a
+//! durable commit. It does not grow with traffic, and does not shrink when entries are
+//! removed (freed pages are reused); `docs/stores.md` has measured ratios.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +55,10 @@ pub const FILE_NAME: &str = "cache.redb";
 pub const ROW_OVERHEAD: u64 = 128;
 /// Longest time a committed write stays non-durable.
 pub const DURABLE_INTERVAL: Duration = Duration::from_secs(1);
+/// A durable commit also happens once this fraction of the budget (clamped to
+/// 1..64 MiB) was written non-durably: pages freed by non-durable commits are reused
+/// only after a durable one, so this bounds the file's growth by bytes, not by time.
+const DURABLE_EVERY_FRACTION: u64 = 16;
 /// An entry larger than this fraction of `disk_bytes` is not stored (it would evict a
 /// large part of the cache for one response).
 const MAX_ENTRY_FRACTION: u64 = 4;
@@ -500,8 +506,10 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Op>) {
         entries: shared.entries.load(Ordering::Relaxed),
         bytes: shared.bytes.load(Ordering::Relaxed),
     };
-    // Time of the first commit not yet made durable.
+    // Time of the first commit not yet made durable, and bytes written since.
     let mut dirty_since: Option<Instant> = None;
+    let mut dirty_bytes: u64 = 0;
+    let durable_every = (shared.max_bytes / DURABLE_EVERY_FRACTION).clamp(1 << 20, 64 << 20);
     loop {
         let wait_for = match dirty_since {
             Some(t) => DURABLE_INTERVAL.saturating_sub(t.elapsed()),
@@ -512,7 +520,7 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Op>) {
             Err(RecvTimeoutError::Timeout) => {
                 if dirty_since.is_some() {
                     match commit_batch(shared, &[], true, &mut totals) {
-                        Ok(_) => dirty_since = None,
+                        Ok(_) => (dirty_since, dirty_bytes) = (None, 0),
                         Err(e) => tracing::warn!(error = %e, "disk store durable commit failed"),
                     }
                 }
@@ -532,12 +540,14 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Op>) {
             }
         }
         let durable = batch.iter().any(|op| matches!(op, Op::Flush { .. }))
-            || dirty_since.is_some_and(|t| t.elapsed() >= DURABLE_INTERVAL);
+            || dirty_since.is_some_and(|t| t.elapsed() >= DURABLE_INTERVAL)
+            || dirty_bytes + weight as u64 >= durable_every;
         let outcome = commit_batch(shared, &batch, durable, &mut totals);
         match &outcome {
-            Ok(_) if durable => dirty_since = None,
+            Ok(_) if durable => (dirty_since, dirty_bytes) = (None, 0),
             Ok(_) => {
                 dirty_since.get_or_insert_with(Instant::now);
+                dirty_bytes += weight as u64;
             }
             Err(e) => tracing::warn!(error = %e, ops = batch.len(), "disk store commit failed"),
         }

@@ -187,3 +187,41 @@ async fn a_second_open_of_the_same_dir_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("already open"), "{err}");
 }
+
+/// Eviction frees pages that redb reuses: under churn many times the budget, the file
+/// stays within a small multiple of `disk_bytes` instead of growing with the traffic.
+/// (The durable-commit trigger is by bytes, so this bound does not depend on speed.)
+#[tokio::test]
+async fn the_file_stays_bounded_under_churn() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let keys = Keys::new();
+    const BUDGET: u64 = 8 << 20;
+    let store = open(dir.path(), BUDGET, &clock).await;
+    let now = clock.now_ms();
+    let mut tasks = tokio::task::JoinSet::new();
+    let store = Arc::new(store);
+    // 5x the budget, 16 writers at a time so batches are realistic.
+    for i in 0..4_000u32 {
+        let (store, k) = (store.clone(), keys.key("churn", i));
+        let e = entry(now, HOUR_MS + u64::from(i), noise(10_000, u64::from(i) + 1));
+        tasks.spawn(async move { store.put(&k, &e).await.unwrap() });
+        if tasks.len() >= 16 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    store.flush().await.unwrap();
+    let stats = store.stats();
+    let file = std::fs::metadata(store.path()).unwrap().len();
+    eprintln!(
+        "churn: budget {BUDGET} B, accounted {} B in {} entries, file {file} B ({:.2}x budget)",
+        stats.bytes,
+        stats.entries,
+        file as f64 / BUDGET as f64
+    );
+    assert!(stats.bytes <= BUDGET);
+    assert!(file <= 3 * BUDGET, "file {file} B for a {BUDGET} B budget");
+}
