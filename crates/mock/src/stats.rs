@@ -86,8 +86,8 @@ pub struct RecordedRequest {
     pub method: String,
     /// Path and query.
     pub uri: String,
-    /// Every header, in order, values lossily decoded.
-    pub headers: Vec<(String, String)>,
+    /// Every header as received.
+    pub headers: HeaderMap,
     /// The raw body, cut at [`MAX_RECORDED_BODY`] bytes.
     pub body: Bytes,
     pub body_truncated: bool,
@@ -97,12 +97,9 @@ pub struct RecordedRequest {
 pub const MAX_RECORDED_BODY: usize = 8 * 1024 * 1024;
 
 impl RecordedRequest {
-    /// The first value of a header (case-insensitive).
+    /// The first value of a header (case-insensitive), if it is valid text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     pub fn authorization(&self) -> Option<&str> {
@@ -127,7 +124,7 @@ impl RecordedRequest {
 struct RecordedJson<'a> {
     method: &'a str,
     uri: &'a str,
-    headers: BTreeMap<&'a str, Vec<&'a str>>,
+    headers: BTreeMap<&'a str, Vec<String>>,
     /// The body as JSON when it parses, else as a string.
     body: serde_json::Value,
     body_truncated: bool,
@@ -135,9 +132,12 @@ struct RecordedJson<'a> {
 
 impl RecordedRequest {
     pub(crate) fn to_json(&self) -> serde_json::Value {
-        let mut headers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut headers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (k, v) in &self.headers {
-            headers.entry(k.as_str()).or_default().push(v.as_str());
+            headers
+                .entry(k.as_str())
+                .or_default()
+                .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
         }
         let body = self.json().unwrap_or_else(|| {
             serde_json::Value::String(String::from_utf8_lossy(&self.body).into())
@@ -231,15 +231,8 @@ impl Counters {
         let req = RecordedRequest {
             method: method.to_string(),
             uri: uri.to_string(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
+            // Cheap: header values share the bytes hyper read the request into.
+            headers: headers.clone(),
             body: if body_truncated {
                 body.slice(..MAX_RECORDED_BODY)
             } else {
