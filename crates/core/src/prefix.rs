@@ -559,6 +559,13 @@ fn render_window(
 /// Where rendered text goes; `Break` once it wants no more.
 trait Sink {
     fn push(&mut self, s: &str) -> ControlFlow<()>;
+
+    /// One ASCII byte (JSON punctuation): a separate method because a memo hit renders
+    /// a few hundred of them, and a one-byte `push_str` is a `memcpy` call.
+    fn push_ascii(&mut self, b: u8) -> ControlFlow<()> {
+        let buf = [b];
+        self.push(std::str::from_utf8(&buf).unwrap_or(""))
+    }
 }
 
 struct StringSink(String);
@@ -623,6 +630,21 @@ impl CapSink {
 }
 
 impl Sink for CapSink {
+    #[inline]
+    fn push_ascii(&mut self, b: u8) -> ControlFlow<()> {
+        if self.normalize || self.truncated || !b.is_ascii() || b.is_ascii_whitespace() {
+            let buf = [b];
+            return self.push(std::str::from_utf8(&buf).unwrap_or(""));
+        }
+        if self.out.len() < self.cap {
+            self.out.push(char::from(b));
+            ControlFlow::Continue(())
+        } else {
+            self.truncated = true;
+            ControlFlow::Break(())
+        }
+    }
+
     fn push(&mut self, s: &str) -> ControlFlow<()> {
         if self.truncated {
             return ControlFlow::Break(());
@@ -1007,30 +1029,45 @@ fn write_canonical(sink: &mut impl Sink, value: &Value) -> ControlFlow<()> {
         Value::Number(n) => sink.push(&canonical_number(n)),
         Value::String(s) => write_json_string(sink, s),
         Value::Array(items) => {
-            sink.push("[")?;
+            sink.push_ascii(b'[')?;
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    sink.push(",")?;
+                    sink.push_ascii(b',')?;
                 }
                 write_canonical(sink, item)?;
             }
-            sink.push("]")
+            sink.push_ascii(b']')
         }
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            sink.push("{")?;
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    sink.push(",")?;
-                }
-                write_json_string(sink, k)?;
-                sink.push(":")?;
-                write_canonical(sink, v)?;
+            // serde_json's Map is sorted unless `preserve_order` is on somewhere in the
+            // build; check rather than assume, and sort only when needed.
+            let sorted = map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b);
+            sink.push_ascii(b'{')?;
+            if sorted {
+                write_entries(sink, map.iter())?;
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                write_entries(sink, entries.into_iter())?;
             }
-            sink.push("}")
+            sink.push_ascii(b'}')
         }
     }
+}
+
+fn write_entries<'a>(
+    sink: &mut impl Sink,
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> ControlFlow<()> {
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            sink.push_ascii(b',')?;
+        }
+        write_json_string(sink, k)?;
+        sink.push_ascii(b':')?;
+        write_canonical(sink, v)?;
+    }
+    ControlFlow::Continue(())
 }
 
 /// The number forms of `key.rs`: integers (and integral floats below 2^53) as integers,
@@ -1054,7 +1091,7 @@ fn canonical_number(n: &Number) -> String {
 /// A JSON string literal with serde_json's escapes, pushed in runs so a long string is
 /// not copied past the window.
 fn write_json_string(sink: &mut impl Sink, s: &str) -> ControlFlow<()> {
-    sink.push("\"")?;
+    sink.push_ascii(b'"')?;
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -1082,7 +1119,7 @@ fn write_json_string(sink: &mut impl Sink, s: &str) -> ControlFlow<()> {
     if start < bytes.len() {
         sink.push(&s[start..])?;
     }
-    sink.push("\"")
+    sink.push_ascii(b'"')
 }
 
 #[cfg(test)]
@@ -1258,6 +1295,38 @@ mod tests {
         let mut s = StringSink(String::new());
         let _ = write_canonical(&mut s, &v);
         assert_eq!(s.0.as_bytes(), crate::key::canonical_value(&v));
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<u64>().prop_map(|u| json!(u)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            "\\PC{0,6}|[\\x00-\\x1f\"\\\\\u{7f}é日]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z_\"\\n]{0,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The streamed canonical JSON is byte for byte `key::canonical_value`, so the
+        /// prefix text shows tools exactly as the cache key sees them.
+        #[test]
+        fn streamed_canonical_json_equals_key_rs(v in arb_json()) {
+            let mut s = StringSink(String::new());
+            let _ = write_canonical(&mut s, &v);
+            proptest::prop_assert_eq!(s.0.as_bytes(), &crate::key::canonical_value(&v)[..]);
+        }
     }
 
     #[test]
