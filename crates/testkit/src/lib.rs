@@ -5,8 +5,10 @@
 //! # Layout
 //! - `lib.rs`: the skip policy, workspace paths and the Python interpreter.
 //! - [`process`]: server processes started for end-to-end tests.
+//! - [`redis`]: real `redis-server` processes and Redis Clusters on free ports.
 
 pub mod process;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

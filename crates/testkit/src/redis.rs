@@ -1,0 +1,493 @@
+//! Real Redis for tests: a `redis-server` on a free port in a temp dir (no persistence),
+//! killed on drop; a real 3-master Redis Cluster built with `redis-cli --cluster
+//! create`; and kill/restart by pid on the same port, for fail-open tests.
+//!
+//! ```no_run
+//! use prefixcache_testkit::redis::{RedisServer, require_redis};
+//!
+//! if !require_redis("my_test") {
+//!     return; // skipped loudly (fails under CI=true)
+//! }
+//! let mut server = RedisServer::start();
+//! let url = server.url(); // redis://127.0.0.1:PORT
+//! server.kill();          // SIGKILL, as an outage
+//! server.restart();       // same port, empty
+//! ```
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{skip_or_fail, which};
+
+/// How long a server may take to accept connections, and a cluster to become ready.
+/// Generous: tests must not fail because the machine is busy.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `redis-server` and `redis-cli` are on PATH; applies the skip policy (under
+/// `CI=true` a missing server fails the test). `false` means the caller returns.
+pub fn require_redis(test: &str) -> bool {
+    let found = which("redis-server").is_some() && which("redis-cli").is_some();
+    if !found {
+        skip_or_fail(
+            test,
+            "redis-server / redis-cli",
+            "Install them (`apt-get install redis-server`, or run `bash .ci/run`).",
+        );
+    }
+    found
+}
+
+/// A `redis-server` child process. Killed (SIGKILL) and its temp dir removed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// A standalone server with no persistence. Panics if it cannot be started.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments (e.g.
+    /// `["--requirepass", "secret"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut last_err = None;
+        // A free port can be taken between our probe and the server's bind: retry.
+        for _ in 0..5 {
+            let port = match free_port(false) {
+                Ok(p) => p,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            let dir = match tempfile::Builder::new()
+                .prefix("prefixcache-redis-")
+                .tempdir()
+            {
+                Ok(d) => d,
+                Err(e) => panic!("creating a temp dir for redis-server: {e}"),
+            };
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra: extra.clone(),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = Some(e),
+            }
+        }
+        panic!("could not start redis-server: {last_err:?}");
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let log = std::fs::File::create(self.dir.path().join("redis.log"))?;
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = cmd.spawn()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "redis-server exited ({status}) on port {}: {}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            // Any reply (PONG, or NOAUTH when a password is set) means it is serving.
+            if let Ok(reply) = command(self.port, &["PING"])
+                && (reply.is_ok() || reply.text().contains("NOAUTH"))
+            {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} not ready after {READY_TIMEOUT:?}",
+                    self.port
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's working directory (its log is `redis.log` there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server with SIGKILL (an outage, not a shutdown) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (empty: no persistence).
+    /// Panics if the port was taken meanwhile or it does not come up.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The old socket may linger briefly; retry until the deadline.
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("restarting redis-server on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// Runs one command against this server and returns its reply.
+    pub fn command(&self, args: &[&str]) -> io::Result<Reply> {
+        command(self.port, args)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A local Redis Cluster of masters only (no replicas), each a [`RedisServer`].
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` (at least 3) cluster-enabled servers on free ports, joins them
+    /// with `redis-cli --cluster create`, and waits until every node reports
+    /// `cluster_state:ok`. Panics with the tools' output if that fails.
+    pub fn start(masters: usize) -> RedisCluster {
+        assert!(masters >= 3, "Redis Cluster needs at least 3 masters");
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match RedisCluster::try_start(masters) {
+                Ok(c) => return c,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not build a Redis Cluster: {last_err}");
+    }
+
+    fn try_start(masters: usize) -> Result<RedisCluster, String> {
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            // The cluster bus listens on port + 10000, which must be free too.
+            let port = free_port(true).map_err(|e| e.to_string())?;
+            let dir = tempfile::Builder::new()
+                .prefix("prefixcache-redis-cluster-")
+                .tempdir()
+                .map_err(|e| e.to_string())?;
+            let mut node = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra: [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            };
+            node.spawn().map_err(|e| e.to_string())?;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = self.nodes.iter().all(|n| {
+                n.command(&["CLUSTER", "INFO"])
+                    .is_ok_and(|r| r.text().contains("cluster_state:ok"))
+            });
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("cluster not ready after {READY_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...` (the proxy's cluster URL form).
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+}
+
+/// A RESP reply, enough for test assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    /// Not an error reply.
+    pub fn is_ok(&self) -> bool {
+        !matches!(self, Reply::Error(_))
+    }
+
+    /// The reply as text (bulk strings lossily, arrays joined by newlines).
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Status(s) | Reply::Error(s) => s.clone(),
+            Reply::Integer(n) => n.to_string(),
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            Reply::Bulk(None) | Reply::Array(None) => String::new(),
+            Reply::Array(Some(items)) => {
+                items.iter().map(Reply::text).collect::<Vec<_>>().join("\n")
+            }
+        }
+    }
+}
+
+/// Sends one command to `127.0.0.1:port` on a fresh connection and reads the reply.
+pub fn command(port: u16, args: &[&str]) -> io::Result<Reply> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req)?;
+    read_reply(&mut BufReader::new(stream))
+}
+
+fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(line.len().min(1));
+    let int = |s: &str| {
+        s.parse::<i64>()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad RESP: {line}")))
+    };
+    Ok(match kind {
+        "+" => Reply::Status(rest.to_string()),
+        "-" => Reply::Error(rest.to_string()),
+        ":" => Reply::Integer(int(rest)?),
+        "$" => {
+            let n = int(rest)?;
+            if n < 0 {
+                Reply::Bulk(None)
+            } else {
+                let mut buf = vec![0; n as usize + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Reply::Bulk(Some(buf))
+            }
+        }
+        "*" => {
+            let n = int(rest)?;
+            if n < 0 {
+                Reply::Array(None)
+            } else {
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(read_reply(r)?);
+                }
+                Reply::Array(Some(items))
+            }
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad RESP: {line}"),
+            ));
+        }
+    })
+}
+
+/// A port free on 127.0.0.1 now (and, for cluster nodes, port + 10000 too).
+fn free_port(with_bus: bool) -> io::Result<u16> {
+    for _ in 0..50 {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        if !with_bus {
+            return Ok(port);
+        }
+        if port <= 55535 && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 10000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("no free port pair for a cluster node"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_starts_serves_dies_and_comes_back_on_the_same_port() {
+        if !require_redis("a_server_starts_serves_dies_and_comes_back_on_the_same_port") {
+            return;
+        }
+        let mut server = RedisServer::start();
+        let port = server.port();
+        assert_eq!(server.url(), format!("redis://127.0.0.1:{port}"));
+        assert_eq!(
+            server.command(&["SET", "k", "v"]).unwrap(),
+            Reply::Status("OK".into())
+        );
+        assert_eq!(server.command(&["GET", "k"]).unwrap().text(), "v");
+        assert!(server.pid().is_some());
+
+        server.kill();
+        assert!(server.pid().is_none());
+        assert!(command(port, &["PING"]).is_err(), "refused while down");
+
+        server.restart();
+        assert_eq!(server.port(), port);
+        assert_eq!(
+            server.command(&["PING"]).unwrap(),
+            Reply::Status("PONG".into())
+        );
+        assert_eq!(
+            server.command(&["GET", "k"]).unwrap(),
+            Reply::Bulk(None),
+            "no persistence"
+        );
+    }
+
+    #[test]
+    fn extra_arguments_reach_the_server() {
+        if !require_redis("extra_arguments_reach_the_server") {
+            return;
+        }
+        let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+        assert!(
+            server
+                .command(&["GET", "k"])
+                .unwrap()
+                .text()
+                .contains("NOAUTH")
+        );
+    }
+
+    #[test]
+    fn a_three_master_cluster_covers_every_slot() {
+        if !require_redis("a_three_master_cluster_covers_every_slot") {
+            return;
+        }
+        let cluster = RedisCluster::start(3);
+        assert_eq!(cluster.nodes().len(), 3);
+        assert!(cluster.url().starts_with("redis+cluster://127.0.0.1:"));
+        assert_eq!(cluster.url().matches(',').count(), 2);
+        for node in cluster.nodes() {
+            let info = node.command(&["CLUSTER", "INFO"]).unwrap().text();
+            assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+            assert!(info.contains("cluster_known_nodes:3"), "{info}");
+        }
+        // A key lives on exactly one master; the others redirect.
+        let replies: Vec<Reply> = cluster
+            .nodes()
+            .iter()
+            .map(|n| n.command(&["SET", "some-key", "v"]).unwrap())
+            .collect();
+        assert_eq!(
+            replies.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{replies:?}"
+        );
+        assert!(replies.iter().any(|r| r.text().starts_with("MOVED")));
+    }
+}
