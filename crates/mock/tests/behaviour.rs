@@ -269,9 +269,13 @@ async fn shutdown_releases_a_hanging_request() {
             .await
             .map(|r| r.status().as_u16())
     });
-    while server.stats().in_flight == 0 {
+    for _ in 0..2000 {
+        if server.stats().in_flight > 0 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(server.stats().in_flight, 1, "the hanging request arrived");
     server.shutdown().await.unwrap();
     let outcome = pending.await.unwrap();
     assert!(matches!(outcome, Ok(503) | Err(_)), "{outcome:?}");
