@@ -421,6 +421,9 @@ fn start_flight(
     });
 }
 
+/// Bound on one SSE event still being received; past it the stream is treated as cut.
+const MAX_EVENT_BYTES: usize = 16 << 20;
+
 /// Reads one upstream response into the flight and stores it if it completed.
 async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
     let metrics = &state.metrics;
@@ -529,12 +532,21 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
             }
             Ok(Some(Ok(chunk))) => {
                 if is_sse {
-                    for event in splitter.push(&chunk) {
+                    for event in splitter.push_bytes(chunk) {
                         let kind = assembler.push(&event);
                         flight.push(Chunk {
                             bytes: event.raw.clone(),
                             usage_only: kind == EventKind::UsageOnly,
                         });
+                    }
+                    if splitter.pending_len() > MAX_EVENT_BYTES {
+                        // No real event is this large: the upstream is not speaking SSE.
+                        tracing::warn!(
+                            pending = splitter.pending_len(),
+                            "upstream SSE event exceeds the size limit; cutting the stream"
+                        );
+                        cut = true;
+                        break;
                     }
                 } else {
                     flight.push(Chunk {

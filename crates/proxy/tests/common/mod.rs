@@ -1,0 +1,280 @@
+//! Harness for the proxy's real-socket tests: a mock upstream and the proxy, each on
+//! `127.0.0.1:0`, in this process, reading like the setup they describe:
+//! `let h = Harness::start(Setup::default().config("[strategies.a]\n...")).await;`
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prefixcache_core::config::{Config, Layers};
+use prefixcache_core::key::{CacheKey, KeyInput, Namespace, TenantSecret, compute_keys};
+use prefixcache_core::prefix::{FamilyParams, family};
+use prefixcache_core::route::Route;
+use prefixcache_mock::{MockConfig, MockServer, spawn_local};
+use prefixcache_proxy::AppState;
+use prefixcache_store::memory::MemoryStore;
+use prefixcache_store::{CacheStore, Clock, ManualClock};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-tenant-secret-0123456789";
+pub const KEY_A: &str = "Bearer sk-test-a";
+
+/// How to start a harness.
+pub struct Setup {
+    pub mock: MockConfig,
+    /// Extra TOML for the proxy's config (the upstream is filled in).
+    pub toml: String,
+    /// The store; memory by default.
+    pub store: Option<Arc<dyn CacheStore>>,
+    pub clock: ManualClock,
+    /// Point the proxy at this upstream instead of the mock.
+    pub upstream: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            mock: MockConfig::default(),
+            toml: String::new(),
+            store: None,
+            clock: ManualClock::new(1_800_000_000_000),
+            upstream: None,
+        }
+    }
+}
+
+impl Setup {
+    pub fn toml(mut self, toml: &str) -> Self {
+        self.toml = toml.to_string();
+        self
+    }
+    pub fn mock(mut self, mock: MockConfig) -> Self {
+        self.mock = mock;
+        self
+    }
+    pub fn store(mut self, store: Arc<dyn CacheStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    pub fn clock(mut self, clock: ManualClock) -> Self {
+        self.clock = clock;
+        self
+    }
+    pub fn upstream(mut self, url: &str) -> Self {
+        self.upstream = Some(url.to_string());
+        self
+    }
+}
+
+/// A running mock upstream and proxy.
+pub struct Harness {
+    pub mock: MockServer,
+    pub url: String,
+    pub state: AppState,
+    pub clock: ManualClock,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Harness {
+    pub async fn start(setup: Setup) -> Harness {
+        let mock = spawn_local(setup.mock).await.unwrap();
+        let upstream = setup.upstream.clone().unwrap_or_else(|| mock.url());
+        let toml = format!(
+            "upstream = \"{upstream}\"\nlisten = \"127.0.0.1:0\"\n{}",
+            setup.toml
+        );
+        let config = Config::load(Layers {
+            file: Some(toml),
+            ..Default::default()
+        })
+        .unwrap();
+        let clock = setup.clock.clone();
+        let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
+        let store = setup
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new(64 << 20, clock_dyn.clone())));
+        let state = AppState::new(config, store, clock_dyn, SECRET).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(prefixcache_proxy::serve(
+            state.clone(),
+            listener,
+            None,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Harness {
+            mock,
+            url,
+            state,
+            clock,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Sends SIGTERM's equivalent and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.server.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{}", self.url, path))
+            .header("authorization", KEY_A)
+    }
+
+    /// POSTs a JSON body to a path and returns (status header, status code, body).
+    pub async fn send(&self, path: &str, body: &Value) -> Reply {
+        Reply::read(self.post(path).json(body).send().await.unwrap()).await
+    }
+
+    pub async fn chat(&self, body: &Value) -> Reply {
+        self.send("/v1/chat/completions", body).await
+    }
+
+    /// Upstream calls the mock has seen.
+    pub fn upstream_calls(&self) -> u64 {
+        self.mock.stats().total
+    }
+
+    /// Waits until the mock has no request in flight and the proxy has no upstream
+    /// response being read (polling; never a timing assertion).
+    pub async fn settle(&self) {
+        for _ in 0..2000 {
+            if self.mock.stats().in_flight == 0 && self.state.tasks.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("proxy did not settle");
+    }
+
+    /// The cache key the proxy derives for a chat request from caller `authorization`.
+    pub fn chat_key(&self, authorization: &str, body: &Value, strategy: &str) -> CacheKey {
+        let ns = Namespace::for_credential(
+            &TenantSecret::from_text(SECRET),
+            &[authorization.as_bytes(), b"", b"", b""],
+        );
+        let strategy = self.state.config.strategy(strategy).unwrap();
+        let body = body.as_object().unwrap();
+        let model = body.get("model").and_then(Value::as_str).unwrap_or("");
+        let fam = family(
+            Route::ChatCompletions,
+            body,
+            &FamilyParams::for_strategy(strategy, model),
+        );
+        compute_keys(&KeyInput {
+            namespace: &ns,
+            strategy: &strategy.name,
+            route: Route::ChatCompletions,
+            body,
+            key_mode: strategy.key_mode,
+            family: Some(&fam.id),
+            normalize_whitespace: strategy.normalize_whitespace,
+        })
+        .unwrap()
+        .key
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub cache: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    pub async fn read(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let cache = headers
+            .get("x-prefixcache-status")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.bytes().await.unwrap();
+        Reply {
+            status,
+            cache,
+            headers,
+            body,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn cache(&self) -> &str {
+        self.cache.as_deref().unwrap_or("<none>")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The assistant text of a chat completion body.
+    pub fn content(&self) -> String {
+        self.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The concatenated content deltas of a streamed chat completion body.
+    pub fn streamed_content(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let mut out = String::new();
+        for line in text.lines() {
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).unwrap();
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                out.push_str(c);
+            }
+        }
+        out
+    }
+}
+
+/// A chat request body with one user message.
+pub fn chat_body(text: &str) -> Value {
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "temperature": 0,
+        "messages": [{"role": "user", "content": text}],
+    })
+}
