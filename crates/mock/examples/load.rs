@@ -28,10 +28,19 @@ async fn main() {
             let n = total / concurrency;
             set.spawn(async move {
                 for i in 0..n {
-                    let q = if distinct { format!("question {w}-{i}") } else { "question".to_string() };
+                    let q = if distinct {
+                        format!("question {w}-{i}")
+                    } else {
+                        "question".to_string()
+                    };
                     let body = serde_json::json!({"model": "gpt-4o", "messages": [
                         {"role": "system", "content": system}, {"role": "user", "content": q}]});
-                    let r = client.post(&url).body(body.to_string()).send().await.unwrap();
+                    let r = client
+                        .post(&url)
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(r.status(), 200);
                     r.bytes().await.unwrap();
                 }
