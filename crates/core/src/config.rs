@@ -53,7 +53,7 @@ pub const ENV_PREFIX: &str = "PREFIXCACHE_";
 
 /// Sections whose scalar keys can be set from the environment as
 /// `PREFIXCACHE_<SECTION>_<KEY>`. Strategies are tables of tables and are file-only.
-const ENV_SECTIONS: [&str; 4] = ["store", "cache", "log", "admin"];
+const ENV_SECTIONS: [&str; 5] = ["store", "cache", "log", "admin", "pricing"];
 
 /// A configuration problem, phrased so the user knows which key to fix.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,7 @@ struct RawConfig {
     cache: RawCache,
     log: RawLog,
     admin: RawAdmin,
+    pricing: RawPricing,
     strategies: BTreeMap<String, RawStrategy>,
 }
 
@@ -206,6 +207,14 @@ struct RawLog {
 struct RawAdmin {
     listen: Option<String>,
     token: Option<String>,
+}
+
+/// `[pricing]`: a pricing file and/or inline models, both overriding the built-in table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPricing {
+    file: Option<String>,
+    models: std::collections::HashMap<String, crate::pricing::RawModel>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -407,6 +416,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub pricing: PricingConfig,
     /// Configured strategies in name order, then `default` (always present).
     pub strategies: Vec<Strategy>,
 }
@@ -469,6 +479,32 @@ pub struct LogConfig {
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
+}
+
+/// `[pricing]`: where prices come from. The built-in table, then `file` (read by the
+/// binary: this crate does no I/O), then the inline `models`, later ones replacing whole
+/// entries of earlier ones.
+#[derive(Debug, Clone, Default)]
+pub struct PricingConfig {
+    /// A pricing file in the format of the built-in `pricing.toml`.
+    pub file: Option<PathBuf>,
+    /// Inline `[pricing.models."name"]` entries, validated.
+    pub models: crate::pricing::PriceTable,
+}
+
+impl PricingConfig {
+    /// The effective table, given the text of `file` (when one is configured).
+    pub fn table(
+        &self,
+        file_text: Option<&str>,
+    ) -> Result<crate::pricing::PriceTable, crate::pricing::PricingError> {
+        let builtin = crate::pricing::PriceTable::builtin();
+        let with_file = match file_text {
+            Some(text) => builtin.merged(&crate::pricing::PriceTable::from_toml(text)?),
+            None => builtin.clone(),
+        };
+        Ok(with_file.merged(&self.models))
+    }
 }
 
 impl Config {
@@ -749,6 +785,23 @@ impl RawConfig {
             token: self.admin.token.clone().filter(|t| !t.is_empty()),
         };
 
+        let pricing = PricingConfig {
+            file: self
+                .pricing
+                .file
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            models: crate::pricing::PriceTable::from_raw(self.pricing.models).map_err(
+                |e| match e {
+                    crate::pricing::PricingError::Invalid { model, message } => {
+                        ConfigError::key(format!("pricing.models.\"{model}\""), message)
+                    }
+                    other => ConfigError::key("pricing.models", other.to_string()),
+                },
+            )?,
+        };
+
         let mut strategies = Vec::with_capacity(self.strategies.len() + 1);
         let mut default = Strategy::default_with_ttl(cache.default_ttl);
         for (name, raw) in self.strategies {
@@ -774,6 +827,7 @@ impl RawConfig {
             cache,
             log,
             admin,
+            pricing,
             strategies,
         })
     }
@@ -1028,6 +1082,63 @@ cache_sampled = false
             a.effective_ttl(Some(Duration::from_secs(99999))),
             Duration::from_secs(7200)
         );
+    }
+
+    #[test]
+    fn pricing_section_overrides_the_builtin() {
+        let c = load(
+            r#"
+[pricing]
+file = "my-pricing.toml"
+[pricing.models."my-model"]
+input = 1
+cached_input = 0.25
+output = 4.0
+[pricing.models."gpt-4o"]
+input = 2.0
+output = 8.0
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.pricing.file, Some(PathBuf::from("my-pricing.toml")));
+        let file = "[models.\"my-model\"]\ninput = 9.0\noutput = 9.0\n[models.\"from-file\"]\ninput = 3.0\noutput = 3.0";
+        let t = c.pricing.table(Some(file)).unwrap();
+        // inline beats file beats builtin
+        assert_eq!(t.lookup("my-model").unwrap().1.base.input, 1.0);
+        assert_eq!(t.lookup("from-file").unwrap().1.base.input, 3.0);
+        assert_eq!(t.lookup("gpt-4o-2024-08-06").unwrap().1.base.input, 2.0);
+        assert_eq!(t.lookup("gpt-4.1").unwrap().1.base.input, 2.0);
+        let e = c
+            .pricing
+            .table(Some("[models.x]\ninput = 1.0"))
+            .unwrap_err();
+        assert_eq!(e.metric_label(), "toml");
+        // No section: the builtin alone.
+        let d = Config::defaults();
+        assert_eq!(d.pricing.file, None);
+        assert_eq!(
+            d.pricing.table(None).unwrap().len(),
+            crate::pricing::PriceTable::builtin().len()
+        );
+    }
+
+    #[test]
+    fn pricing_file_comes_from_env_and_errors_name_the_model() {
+        let c = Config::load(Layers {
+            file: Some("[pricing]\nfile = \"a.toml\"".into()),
+            env: vec![("PREFIXCACHE_PRICING_FILE".into(), "b.toml".into())],
+            flags: vec![],
+        })
+        .unwrap();
+        assert_eq!(c.pricing.file, Some(PathBuf::from("b.toml")));
+        let e = load("[pricing.models.\"m\"]\ninput = -1.0\noutput = 1.0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pricing.models.\"m\""), "{e}");
+        let e = load("[pricing.models.\"m\"]\ninput = 1.0\noutput = 1.0\ncached = 0.5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cached"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`tokenizer`]: tiktoken-exact encodings and the model-name table.
 //! - [`prefix`]: the prefix text of a request, prefix families and their memo.
 //! - [`boundary`]: where two prompts' tokens first diverge (`prefixcache diff`).
+//! - [`pricing`]: the price table (embedded `pricing.toml`, config overrides) and the cost
+//!   of a response's usage.
 //! - [`usage`]: token usage of a response, normalized across routes.
 //! - [`sse`]: server-sent-event framing and assembly of streamed responses.
 //! - [`wire`]: request flags and upstream bodies, rendering entries as JSON or SSE, usage.
@@ -19,6 +21,7 @@ pub mod boundary;
 pub mod config;
 pub mod key;
 pub mod prefix;
+pub mod pricing;
 pub mod route;
 pub mod sse;
 pub mod tokenizer;
