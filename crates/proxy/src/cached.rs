@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use prefixcache_core::config::KeyMode;
-use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys};
-use prefixcache_core::prefix::FamilyParams;
+use prefixcache_core::config::{KeyMode, PromptCacheKeyMode};
+use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys, hex};
+use prefixcache_core::prefix::{FamilyParams, PrefixScope, conversation_digest};
 use prefixcache_core::route::Route;
 use prefixcache_core::sse::{EventKind, SseSplitter, SseTail, StreamAssembler};
 use prefixcache_core::usage::Usage;
@@ -21,6 +21,7 @@ use prefixcache_core::wire::{self, Injections};
 use prefixcache_store::{ContentForm, Entry, EntryMeta};
 use serde_json::{Map, Value};
 
+use crate::accounting::{Ending, Ledger, Source};
 use crate::error::ApiError;
 use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
 use crate::headers::{self, CacheDirectives, is_hop_by_hop};
@@ -86,7 +87,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         strategy: "none".into(),
         ..Default::default()
     };
-    let result = handle_inner(&state, route, req, &mut ctx).await;
+    let result = handle_inner(&state, route, req, started, &mut ctx).await;
     let took = started.elapsed();
     let (resp, status_label) = match result {
         Ok(resp) => {
@@ -117,6 +118,7 @@ async fn handle_inner(
     state: &AppState,
     route: Route,
     req: Request,
+    started: Instant,
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
@@ -169,6 +171,16 @@ async fn handle_inner(
         key: keys.key,
         family,
     };
+    let mut ledger = Ledger {
+        started,
+        route,
+        strategy: strategy.name.clone(),
+        tenant: hex(&namespace_tag(&namespace)),
+        key: keys.key,
+        family,
+        raw: state.request_log.is_some().then(|| raw.clone()),
+        static_text: None,
+    };
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
         if entry.meta.request_hash == keys.request_hash && entry.meta.route == route {
@@ -187,6 +199,16 @@ async fn handle_inner(
                     set_cache_headers(resp.headers_mut(), Outcome::Hit, &labels);
                     resp.headers_mut()
                         .insert(headers::AGE, HeaderValue::from(age));
+                    state.account(
+                        &ledger,
+                        Ending {
+                            status: Outcome::Hit.as_str(),
+                            http_status: 200,
+                            model: &entry.meta.model,
+                            usage: Some(entry.meta.usage),
+                            source: Source::Cache,
+                        },
+                    );
                     return Ok(resp);
                 }
                 Err(e) => {
@@ -202,16 +224,28 @@ async fn handle_inner(
         }
     }
 
+    let prompt_cache_key = if flags.has_prompt_cache_key {
+        // A caller's own key is never overwritten.
+        None
+    } else {
+        derived_prompt_cache_key(strategy.prompt_cache_key, route, &body, family.as_ref())
+    };
     let upstream_body = wire::prepare_upstream_body(
         &raw,
         &body,
         route,
         &Injections {
             include_usage: want.stream,
-            prompt_cache_key: None,
+            prompt_cache_key: prompt_cache_key.as_deref(),
         },
     )
     .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    ledger.static_text = prefixcache_core::prefix::scoped_text(route, &body, PrefixScope::Static);
+    let outcome = if directives.no_cache || sampled_skip {
+        Outcome::Bypass
+    } else {
+        Outcome::Miss
+    };
     let plan = Arc::new(FlightPlan {
         route,
         method: parts.method.clone(),
@@ -229,13 +263,9 @@ async fn handle_inner(
             namespace_tag: namespace_tag(&namespace),
             ttl,
         }),
+        outcome,
+        ledger: ledger.clone(),
     });
-
-    let outcome = if directives.no_cache || sampled_skip {
-        Outcome::Bypass
-    } else {
-        Outcome::Miss
-    };
 
     if lookup && store_allowed {
         match state.flights.join_or_lead(keys.key) {
@@ -245,7 +275,7 @@ async fn handle_inner(
                 return respond_live(flight, want, outcome, &labels).await;
             }
             Joined::Follower(flight) => {
-                if let Some(resp) = follow(state, &flight, route, want, &labels).await {
+                if let Some(resp) = follow(state, &flight, route, want, &labels, &ledger).await {
                     state.metrics.coalesced.inc();
                     ctx.outcome = Some(Outcome::Coalesced);
                     return Ok(resp);
@@ -263,6 +293,29 @@ async fn handle_inner(
     start_flight(state, flight.clone(), plan, registered);
     ctx.outcome = Some(outcome);
     respond_live(flight, want, outcome, &labels).await
+}
+
+/// The `prompt_cache_key` a strategy adds to a forwarded request (DESIGN.md §7):
+/// `conversation` pins every turn of one conversation to one provider machine, `family`
+/// pins all requests of a prefix family. Chat completions and responses only.
+fn derived_prompt_cache_key(
+    mode: PromptCacheKeyMode,
+    route: Route,
+    body: &Map<String, Value>,
+    family: Option<&FamilyId>,
+) -> Option<String> {
+    match mode {
+        PromptCacheKeyMode::Off => None,
+        PromptCacheKeyMode::Conversation => {
+            conversation_digest(route, body).map(|d| format!("pfx-c-{}", hex(&d[..16])))
+        }
+        PromptCacheKeyMode::Family => match route {
+            Route::ChatCompletions | Route::Responses => {
+                family.map(|f| format!("pfx-f-{}", hex(&f.as_bytes()[..16])))
+            }
+            _ => None,
+        },
+    }
 }
 
 /// Reads the whole body, bounded by `max_body_bytes` (413 beyond it).
@@ -394,6 +447,9 @@ struct FlightPlan {
     headers: HeaderMap,
     body: Bytes,
     store: Option<StorePlan>,
+    /// The leader's status (`MISS` or `BYPASS`) and ledger, accounted when it ends.
+    outcome: Outcome,
+    ledger: Ledger,
 }
 
 #[derive(Debug)]
@@ -448,11 +504,25 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
                 })
                 .inc();
             tracing::warn!(error = %e, route = plan.route.as_str(), "upstream call failed");
+            let http_status = match &e {
+                UpstreamError::Unreachable(_) => 502,
+                UpstreamError::Timeout(_) => 504,
+            };
             flight.end(End::NoResponse(match e {
                 UpstreamError::Unreachable(m) => FailKind::Unreachable(m),
                 UpstreamError::Timeout(d) => FailKind::Timeout(d),
             }));
             metrics.inflight_upstream.dec();
+            state.account(
+                &plan.ledger,
+                Ending {
+                    status: plan.outcome.as_str(),
+                    http_status,
+                    model: "",
+                    usage: None,
+                    source: Source::Upstream,
+                },
+            );
             return;
         }
     };
@@ -571,6 +641,16 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
     metrics.inflight_upstream.dec();
     if cut {
         flight.end(End::Cut);
+        state.account(
+            &plan.ledger,
+            Ending {
+                status: plan.outcome.as_str(),
+                http_status: status.as_u16(),
+                model: "",
+                usage: None,
+                source: Source::Upstream,
+            },
+        );
         return;
     }
     let body = flight.body();
@@ -586,7 +666,18 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
         let (usage, model) = wire::json_usage(plan.route, &body);
         (wire::json_is_complete(plan.route, &body), model, usage)
     };
-    flight.end(End::Finished { complete });
+    let model = model.unwrap_or_default();
+    flight.finish(complete, usage, model.clone());
+    state.account(
+        &plan.ledger,
+        Ending {
+            status: plan.outcome.as_str(),
+            http_status: status.as_u16(),
+            model: &model,
+            usage,
+            source: Source::Upstream,
+        },
+    );
     if !complete {
         return;
     }
@@ -606,7 +697,7 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
                 strategy: store.strategy.clone(),
                 family: store.family,
                 namespace_tag: store.namespace_tag,
-                model: model.unwrap_or_default(),
+                model,
                 usage: usage.unwrap_or(Usage::default()),
             },
             body,
@@ -649,7 +740,9 @@ async fn respond_live(
             return Ok(resp);
         }
     }
-    Ok(live_response(reader, head, want, outcome, labels, false))
+    Ok(live_response(
+        reader, head, want, outcome, labels, false, None,
+    ))
 }
 
 fn live_response(
@@ -659,6 +752,7 @@ fn live_response(
     outcome: Outcome,
     labels: &Labels,
     cached: bool,
+    on_finish: Option<OnFinish>,
 ) -> Response {
     let annotate_key = (want.annotate && head.is_sse).then(|| labels.key.to_hex());
     let is_sse = head.is_sse;
@@ -667,8 +761,9 @@ fn live_response(
         // Events may be dropped or annotated on the way: the length is not upstream's.
         headers.remove(header::CONTENT_LENGTH);
     }
-    let stream =
-        futures_util::stream::unfold((reader, 0usize, false), move |(reader, pos, done)| {
+    let stream = futures_util::stream::unfold(
+        (reader, 0usize, false, on_finish),
+        move |(reader, pos, done, mut on_finish)| {
             let annotate_key = annotate_key.clone();
             async move {
                 if done {
@@ -692,27 +787,38 @@ fn live_response(
                             1 => out.pop().unwrap_or_default(),
                             _ => Bytes::from(out.concat()),
                         };
-                        Some((Ok(bytes), (reader, next, false)))
+                        Some((Ok(bytes), (reader, next, false, on_finish)))
                     }
-                    Next::End(End::Finished { .. }) => None,
+                    Next::End(End::Finished { complete }) => {
+                        if let Some(f) = on_finish.take()
+                            && complete
+                        {
+                            f(reader.flight());
+                        }
+                        None
+                    }
                     Next::End(_) => Some((
                         Err(std::io::Error::other("upstream response was cut")),
-                        (reader, pos, true),
+                        (reader, pos, true, None),
                     )),
                 }
             }
-        })
-        .filter(|item| {
-            // Skip empty writes (every event of a batch was dropped).
-            let keep = !matches!(item, Ok(b) if b.is_empty());
-            std::future::ready(keep)
-        });
+        },
+    )
+    .filter(|item| {
+        // Skip empty writes (every event of a batch was dropped).
+        let keep = !matches!(item, Ok(b) if b.is_empty());
+        std::future::ready(keep)
+    });
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = head.status;
     *resp.headers_mut() = headers;
     set_cache_headers(resp.headers_mut(), outcome, labels);
     resp
 }
+
+/// Called when a live response's flight finished complete (a follower's accounting).
+type OnFinish = Box<dyn FnOnce(&Flight) + Send>;
 
 /// A request identical to one in flight: answered from that flight. `None` when the
 /// flight failed before it could help, and the caller then calls upstream itself.
@@ -722,8 +828,27 @@ async fn follow(
     route: Route,
     want: Want,
     labels: &Labels,
+    ledger: &Ledger,
 ) -> Option<Response> {
     let bound = state.upstream.timeout();
+    // A follower is accounted as served from the cache once the shared response ends.
+    let account = {
+        let state = state.clone();
+        let ledger = ledger.clone();
+        move |flight: &Flight| {
+            let (usage, model) = flight.summary().unwrap_or_default();
+            state.account(
+                &ledger,
+                Ending {
+                    status: Outcome::Coalesced.as_str(),
+                    http_status: 200,
+                    model: &model,
+                    usage,
+                    source: Source::Cache,
+                },
+            );
+        }
+    };
     let reader = flight.reader();
     let head = tokio::time::timeout(bound, flight.head())
         .await
@@ -743,6 +868,7 @@ async fn follow(
             Outcome::Coalesced,
             labels,
             true,
+            Some(Box::new(account)),
         ));
     }
     let end = tokio::time::timeout(bound, flight.finished()).await.ok()?;
@@ -757,6 +883,7 @@ async fn follow(
     let rendered = render(route, form, &flight.body(), want, Some(&labels.key), true).ok()?;
     let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
     set_cache_headers(resp.headers_mut(), Outcome::Coalesced, labels);
+    account(flight);
     Some(resp)
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use prefixcache_core::key::CacheKey;
+use prefixcache_core::usage::Usage;
 use tokio::sync::watch;
 
 /// The status line and headers of the upstream response.
@@ -57,6 +58,8 @@ struct State {
     head: Option<Head>,
     chunks: Vec<Chunk>,
     end: Option<End>,
+    /// Usage and model of the finished response, for followers' accounting.
+    summary: Option<(Option<Usage>, String)>,
 }
 
 /// The shared buffer of one upstream response.
@@ -140,6 +143,21 @@ impl Flight {
     pub fn end(&self, end: End) {
         self.lock().end = Some(end);
         self.bump();
+    }
+
+    /// Ends a finished response, with the usage and model it reported.
+    pub fn finish(&self, complete: bool, usage: Option<Usage>, model: String) {
+        {
+            let mut state = self.lock();
+            state.summary = Some((usage, model));
+            state.end = Some(End::Finished { complete });
+        }
+        self.bump();
+    }
+
+    /// Usage and model of a finished response.
+    pub fn summary(&self) -> Option<(Option<Usage>, String)> {
+        self.lock().summary.clone()
     }
 
     /// The whole body received so far (the stored body once the flight finished).

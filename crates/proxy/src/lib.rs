@@ -7,9 +7,11 @@
 //!
 //! # Layout
 //! - [`state`]: shared state; store access that fails open and is measured.
+//! - [`accounting`]: tokens, dollars and request-log lines of answered requests.
 //! - [`cached`]: the cached routes (lookup, coalescing, forwarding, storing).
 //! - [`flight`]: one upstream response read once and fanned out to its callers.
 //! - [`passthrough`]: every other route, forwarded unchanged.
+//! - [`reqlog`]: the request log (JSON lines, rotated by size).
 //! - [`upstream`]: the pooled upstream client and the forwarding rules.
 //! - [`tenant`]: callers' namespaces and the tenant secret.
 //! - [`headers`]: the contract's request and response headers.
@@ -17,6 +19,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: errors in OpenAI's JSON shape.
 
+pub mod accounting;
 pub mod admin;
 pub mod cached;
 pub mod error;
@@ -24,6 +27,7 @@ pub mod flight;
 pub mod headers;
 pub mod metrics;
 pub mod passthrough;
+pub mod reqlog;
 pub mod state;
 pub mod tenant;
 pub mod upstream;
@@ -180,6 +184,9 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("background tasks still running after the drain timeout; abandoning them");
+    }
+    if let Some(log) = &state.request_log {
+        log.close();
     }
     match tokio::time::timeout(Duration::from_secs(30), state.store.flush()).await {
         Ok(Ok(())) => {}

@@ -67,6 +67,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheableLabels {
+    pub cacheable: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: &'static str,
 }
@@ -96,6 +101,7 @@ pub struct Metrics {
     pub coalesced: Counter,
     pub lint_findings: Family<RuleLabels, Counter>,
     pub inflight_upstream: Gauge,
+    pub provider_cacheable: Family<CacheableLabels, Counter>,
 }
 
 impl Metrics {
@@ -194,7 +200,14 @@ impl Metrics {
             "Upstream responses currently being read",
             inflight_upstream.clone(),
         );
+        let provider_cacheable = Family::<CacheableLabels, Counter>::default();
+        registry.register(
+            "provider_cacheable",
+            "Forwarded requests by whether the provider's prompt cache can serve them (a static prefix of at least 1024 tokens)",
+            provider_cacheable.clone(),
+        );
         Metrics {
+            provider_cacheable,
             registry,
             requests,
             request_duration,

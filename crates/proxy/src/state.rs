@@ -11,8 +11,10 @@ use prefixcache_store::guard::GuardState;
 use prefixcache_store::{CacheStore, Clock, Entry, StoreError};
 use tokio_util::task::TaskTracker;
 
+use crate::accounting::CacheableMemo;
 use crate::flight::Flights;
 use crate::metrics::Metrics;
+use crate::reqlog::RequestLog;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// Shared, cheaply clonable handle to the proxy's state.
@@ -37,6 +39,10 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Owns upstream-reading and store-writing tasks; waited for at shutdown.
     pub tasks: TaskTracker,
+    /// The request log (`log.path`), if enabled.
+    pub request_log: Option<RequestLog>,
+    /// Which static prefixes are long enough for the provider's prompt cache.
+    pub cacheable: CacheableMemo,
 }
 
 impl std::fmt::Debug for Inner {
@@ -60,6 +66,11 @@ impl std::ops::Deref for AppState {
 pub enum StateError {
     #[error("upstream client: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("opening the request log {path}: {source}")]
+    RequestLog {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl AppState {
@@ -72,6 +83,17 @@ impl AppState {
         tenant_secret: &str,
     ) -> Result<AppState, StateError> {
         let upstream = UpstreamClient::new(&config)?;
+        let request_log = match &config.log.path {
+            Some(path) => Some(
+                RequestLog::open(path, config.log.max_bytes, config.log.keep).map_err(
+                    |source| StateError::RequestLog {
+                        path: path.display().to_string(),
+                        source,
+                    },
+                )?,
+            ),
+            None => None,
+        };
         let fallback_authorization = config
             .upstream_api_key
             .as_ref()
@@ -88,6 +110,8 @@ impl AppState {
                 guard: None,
                 metrics: Metrics::new(),
                 tasks: TaskTracker::new(),
+                request_log,
+                cacheable: CacheableMemo::default(),
                 config,
             }),
         })

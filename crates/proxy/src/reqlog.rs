@@ -1,0 +1,308 @@
+//! The request log (DESIGN.md §8): one JSON line per request on a cached route, written
+//! by a dedicated thread so a slow disk never slows a request, rotated by size.
+//!
+//! Lines are handed over through a bounded channel; when it is full (the disk cannot
+//! keep up) a line is dropped and counted rather than making the request wait.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Lines waiting for the writer thread; beyond this, lines are dropped.
+const QUEUE_LINES: usize = 8192;
+
+/// One line of the request log.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    pub route: &'static str,
+    pub strategy: &'a str,
+    /// First 8 bytes of the caller's namespace, hex: stable per credential, never the
+    /// credential itself.
+    pub tenant: String,
+    pub status: &'static str,
+    pub http_status: u16,
+    pub key: String,
+    pub family: String,
+    pub latency_ms: f64,
+    pub model: &'a str,
+    pub usage: Option<UsageRecord>,
+    pub cost_usd: Option<f64>,
+    pub saved_usd: Option<f64>,
+    /// The request body exactly as the caller sent it.
+    pub request: &'a RawValue,
+}
+
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct UsageRecord {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+impl From<prefixcache_core::usage::Usage> for UsageRecord {
+    fn from(u: prefixcache_core::usage::Usage) -> Self {
+        UsageRecord {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+        }
+    }
+}
+
+/// The request log writer.
+#[derive(Debug)]
+pub struct RequestLog {
+    tx: Mutex<Option<SyncSender<Vec<u8>>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    dropped: AtomicU64,
+    path: PathBuf,
+}
+
+impl RequestLog {
+    /// Opens (appends to) `path`, rotating to `path.1 .. path.<keep>` past `max_bytes`.
+    pub fn open(path: &Path, max_bytes: u64, keep: usize) -> std::io::Result<RequestLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let mut sink = Sink {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(256 * 1024, file),
+            size,
+            max_bytes: max_bytes.max(1),
+            keep,
+        };
+        let writer = std::thread::Builder::new()
+            .name("prefixcache-request-log".into())
+            .spawn(move || sink.run(&rx))?;
+        Ok(RequestLog {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            dropped: AtomicU64::new(0),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues one record; never blocks.
+    pub fn write(&self, record: &Record<'_>) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "request log line could not be serialized");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            return;
+        };
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    tracing::warn!("request log cannot keep up; dropping lines");
+                }
+            }
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Flushes every queued line to disk and stops the writer (at shutdown).
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer
+            && w.join().is_err()
+        {
+            tracing::warn!("request log writer panicked");
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Sink {
+    path: PathBuf,
+    out: BufWriter<File>,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl Sink {
+    fn run(&mut self, rx: &Receiver<Vec<u8>>) {
+        loop {
+            // Flush at least every second when traffic is light, so `tail -f` works.
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(line) => {
+                    if let Err(e) = self.write(&line) {
+                        tracing::warn!(error = %e, path = %self.path.display(), "request log write failed");
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.out.flush();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = self.out.flush();
+        let _ = self.out.get_ref().sync_all();
+    }
+
+    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// `log` → `log.1` → `log.2` ... up to `keep`; the oldest is removed.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        let name = |i: usize| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(name(self.keep));
+            for i in (1..self.keep).rev() {
+                let from = name(i);
+                if from.exists() {
+                    std::fs::rename(&from, name(i + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, name(1))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.out = BufWriter::with_capacity(256 * 1024, file);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-11-26T13:00:00.123Z`).
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let ms = unix_ms % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+/// Now as Unix milliseconds (for callers without a clock at hand).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(raw: &'a RawValue) -> Record<'a> {
+        Record {
+            ts: rfc3339_ms(0),
+            route: "chat_completions",
+            strategy: "default",
+            tenant: "00".repeat(8),
+            status: "miss",
+            http_status: 200,
+            key: "ab".repeat(8),
+            family: "cd".repeat(8),
+            latency_ms: 1.5,
+            model: "gpt-4o-mini",
+            usage: None,
+            cost_usd: None,
+            saved_usd: None,
+            request: raw,
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(1_795_698_546_001), "2026-11-26T13:09:06.001Z");
+    }
+
+    #[test]
+    fn lines_are_json_with_the_raw_request_and_rotate_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        let raw = RawValue::from_string(r#"{"model": "m",  "messages": []}"#.into()).unwrap();
+        let log = RequestLog::open(&path, 600, 2).unwrap();
+        for _ in 0..10 {
+            log.write(&record(&raw));
+        }
+        log.close();
+        let mut lines = Vec::new();
+        for p in [
+            path.clone(),
+            dir.path().join("requests.jsonl.1"),
+            dir.path().join("requests.jsonl.2"),
+        ] {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(text.len() <= 600, "{} is {} bytes", p.display(), text.len());
+            lines.extend(text.lines().map(str::to_string));
+        }
+        assert!(!dir.path().join("requests.jsonl.3").exists(), "keep = 2");
+        assert!(lines.len() < 10, "the oldest rotated lines were removed");
+        for line in &lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["status"], "miss");
+            assert_eq!(v["request"]["model"], "m");
+        }
+        assert!(
+            lines[0].contains(r#""request":{"model": "m",  "messages": []}"#),
+            "request bytes are kept as sent"
+        );
+    }
+}
