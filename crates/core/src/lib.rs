@@ -14,6 +14,8 @@
 //! - [`pricing`]: the price table (embedded `pricing.toml`, config overrides) and the cost
 //!   of a response's usage.
 //! - [`usage`]: token usage of a response, normalized across routes.
+//! - [`provider`]: the provider's view of a request: prompt token sequences and the
+//!   simulated prompt cache (used by the mock upstream and `prefixcache replay`).
 //! - [`sse`]: server-sent-event framing and assembly of streamed responses.
 //! - [`wire`]: request flags and upstream bodies, rendering entries as JSON or SSE, usage.
 
@@ -22,6 +24,7 @@ pub mod config;
 pub mod key;
 pub mod prefix;
 pub mod pricing;
+pub mod provider;
 pub mod route;
 pub mod sse;
 pub mod tokenizer;

@@ -2,6 +2,7 @@
 //! rendered as a `chat.completion` object or as `chat.completion.chunk` events.
 
 use bytes::Bytes;
+use prefixcache_core::provider::prompt::{PromptBuilder, chat_prompt};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -9,7 +10,6 @@ use crate::error::ApiError;
 use crate::plan::{
     self, Finish, Format, GenSpec, Generated, TokenLogprob, Tool, ToolChoice, content_hash, rng_for,
 };
-use crate::prompt::PromptBuilder;
 use crate::sse;
 
 /// The prepared content of a chat completion.
@@ -28,9 +28,9 @@ pub struct PrepareCtx {
     pub output_tokens: std::ops::RangeInclusive<u32>,
 }
 
-/// Parses the tools of a chat request (`{"type":"function","function":{...}}`) into the
-/// prompt and the callable list.
-fn chat_tools(body: &Map<String, Value>, b: &mut PromptBuilder) -> Result<Vec<Tool>, ApiError> {
+/// Validates the tools of a chat request (`{"type":"function","function":{...}}`) and
+/// lists the callable ones. Their tokens come from `provider::prompt::chat_prompt`.
+fn chat_tools(body: &Map<String, Value>) -> Result<Vec<Tool>, ApiError> {
     let Some(tools) = body.get("tools").filter(|t| !t.is_null()) else {
         return Ok(Vec::new());
     };
@@ -39,29 +39,21 @@ fn chat_tools(body: &Map<String, Value>, b: &mut PromptBuilder) -> Result<Vec<To
         .ok_or_else(|| ApiError::invalid_type("tools", "an array"))?;
     let mut out = Vec::new();
     for (i, t) in tools.iter().enumerate() {
-        match t.get("type").and_then(Value::as_str) {
-            Some("function") => {
-                let f = t
-                    .get("function")
-                    .ok_or_else(|| ApiError::missing(&format!("tools[{i}].function")))?;
-                let name = f
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| ApiError::missing(&format!("tools[{i}].function.name")))?;
-                let desc = f.get("description").and_then(Value::as_str).unwrap_or("");
-                let params = f.get("parameters");
-                b.function_tool(name, desc, params);
-                out.push(Tool {
-                    name: name.to_string(),
-                    parameters: params.cloned(),
-                });
-            }
-            // Custom and other tool kinds are described to the model but never called here.
-            _ => b.json_text(t),
+        // Custom and other tool kinds are described to the model but never called here.
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            continue;
         }
-    }
-    if !out.is_empty() {
-        b.end_tools();
+        let f = t
+            .get("function")
+            .ok_or_else(|| ApiError::missing(&format!("tools[{i}].function")))?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::missing(&format!("tools[{i}].function.name")))?;
+        out.push(Tool {
+            name: name.to_string(),
+            parameters: f.get("parameters").cloned(),
+        });
     }
     Ok(out)
 }
@@ -110,43 +102,6 @@ fn content_text(content: Option<&Value>) -> String {
     }
 }
 
-/// Appends a content value (string or parts) to the prompt.
-pub(crate) fn content_tokens(b: &mut PromptBuilder, content: Option<&Value>) {
-    match content {
-        Some(Value::String(s)) => b.text(s),
-        Some(Value::Array(parts)) => {
-            for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text" | "input_text" | "output_text") => {
-                        b.text(p.get("text").and_then(Value::as_str).unwrap_or(""));
-                    }
-                    Some("refusal") => {
-                        b.text(p.get("refusal").and_then(Value::as_str).unwrap_or(""))
-                    }
-                    Some("image_url") => {
-                        let url = p.get("image_url").and_then(|i| i.get("url").or(Some(i)));
-                        b.image(&url.map(scalar).unwrap_or_default());
-                    }
-                    Some("input_image") => {
-                        let src = p.get("image_url").or_else(|| p.get("file_id"));
-                        b.image(&src.map(scalar).unwrap_or_default());
-                    }
-                    _ => b.json_text(p),
-                }
-            }
-        }
-        Some(Value::Null) | None => {}
-        Some(other) => b.json_text(other),
-    }
-}
-
-fn scalar(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 pub(crate) fn prepare(
     body: &Map<String, Value>,
     model: &str,
@@ -188,8 +143,7 @@ pub(crate) fn prepare(
     let choice = tool_choice(body.get("tool_choice"), "tool_choice")?;
     let effort = plan::str_field(body, "reasoning_effort")?;
 
-    let mut b = PromptBuilder::new(enc);
-    let tools = chat_tools(body, &mut b)?;
+    let tools = chat_tools(body)?;
     if let ToolChoice::Named(name) = &choice
         && !tools.iter().any(|t| &t.name == name)
     {
@@ -206,7 +160,6 @@ pub(crate) fn prepare(
                 let js = rf
                     .get("json_schema")
                     .ok_or_else(|| ApiError::missing("response_format.json_schema"))?;
-                b.json_text(js);
                 Format::JsonSchema(js.get("schema").cloned().unwrap_or(Value::Null))
             }
             Some("text") => Format::Text,
@@ -225,33 +178,14 @@ pub(crate) fn prepare(
             .get("role")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::missing(&format!("messages[{i}].role")))?;
-        let name = m.get("name").and_then(Value::as_str);
-        b.open(role, name);
-        content_tokens(&mut b, m.get("content"));
-        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-            for c in calls {
-                let f = c.get("function");
-                let fname = f
-                    .and_then(|f| f.get("name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let args = f
-                    .and_then(|f| f.get("arguments"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                b.tool_call(fname, args);
-            }
-        }
-        if let Some(id) = m.get("tool_call_id").and_then(Value::as_str) {
-            b.text(id);
-        }
-        b.close();
         if role == "user" {
             last_user = content_text(m.get("content"));
         }
         last_role = role;
     }
-    b.prime_reply();
+    // The body is valid: its prompt is the provider's token sequence of it.
+    let mut b = PromptBuilder::new(enc);
+    chat_prompt(&mut b, body);
 
     let hash = content_hash(ctx.seed, "chat", body);
     let spec = GenSpec {

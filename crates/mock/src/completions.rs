@@ -2,6 +2,7 @@
 //! prompts, `n`, `echo`, `max_tokens` (default 16, as in the API), `logprobs`, streaming.
 
 use bytes::Bytes;
+use prefixcache_core::provider::prompt::completion_prompts;
 use prefixcache_core::tokenizer::Encoding;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -24,8 +25,16 @@ pub struct CompletionsPlan {
     pub fingerprint: String,
 }
 
-/// The prompts as token sequences, and their texts (for `echo`).
+/// The prompts as token sequences (`provider::prompt::completion_prompts`, once the
+/// shape is checked here), and their texts (for `echo`).
 fn prompts(body: &Map<String, Value>, enc: Encoding) -> Result<Vec<(Vec<u32>, String)>, ApiError> {
+    let texts = prompt_texts(body, enc)?;
+    let tokens = completion_prompts(body, enc);
+    Ok(tokens.into_iter().zip(texts).collect())
+}
+
+/// Checks the `prompt` shape and returns each prompt's text.
+fn prompt_texts(body: &Map<String, Value>, enc: Encoding) -> Result<Vec<String>, ApiError> {
     let bad = || {
         ApiError::invalid_type(
             "prompt",
@@ -41,29 +50,20 @@ fn prompts(body: &Map<String, Value>, enc: Encoding) -> Result<Vec<(Vec<u32>, St
     let decode = |ids: &[u32]| String::from_utf8_lossy(&enc.decode_bytes(ids)).into_owned();
     match body.get("prompt") {
         None | Some(Value::Null) => Err(ApiError::missing("prompt")),
-        Some(Value::String(s)) => Ok(vec![(enc.encode(s), s.clone())]),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) if items.is_empty() => Err(bad()),
         Some(Value::Array(items)) => match &items[0] {
             Value::String(_) => items
                 .iter()
-                .map(|i| {
-                    i.as_str()
-                        .map(|s| (enc.encode(s), s.to_string()))
-                        .ok_or_else(bad)
-                })
+                .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
                 .collect(),
             Value::Number(_) => {
                 let t = ids(&Value::Array(items.clone())).ok_or_else(bad)?;
-                let text = decode(&t);
-                Ok(vec![(t, text)])
+                Ok(vec![decode(&t)])
             }
             Value::Array(_) => items
                 .iter()
-                .map(|i| {
-                    let t = ids(i).ok_or_else(bad)?;
-                    let text = decode(&t);
-                    Ok((t, text))
-                })
+                .map(|i| Ok(decode(&ids(i).ok_or_else(bad)?)))
                 .collect(),
             _ => Err(bad()),
         },

@@ -8,16 +8,12 @@ use std::time::Duration;
 
 use crate::clock::{Clock, TokioClock};
 
-/// Machines in the simulated provider fleet for one prefix family (see `docs/mock-upstream.md`).
-pub const DEFAULT_CACHE_MACHINES: usize = 8;
-/// OpenAI's documented overflow threshold: ~15 requests per minute per prefix+key.
-pub const DEFAULT_CACHE_OVERFLOW_RPM: u32 = 15;
-/// OpenAI: cached prefixes stay 5-10 minutes idle; the low end, so the sim is not optimistic.
-pub const DEFAULT_CACHE_IDLE_TTL: Duration = Duration::from_secs(5 * 60);
-/// `prompt_cache_retention: "24h"`.
-pub const EXTENDED_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Cached prefixes per simulated machine.
-pub const DEFAULT_CACHE_LRU_ENTRIES: usize = 100_000;
+// The prompt-cache parameters live with the simulation in core; re-exported so the
+// mock's users keep one place to configure it.
+pub use prefixcache_core::provider::cache::{
+    DEFAULT_CACHE_IDLE_TTL, DEFAULT_CACHE_LRU_ENTRIES, DEFAULT_CACHE_MACHINES,
+    DEFAULT_CACHE_OVERFLOW_RPM, EXTENDED_CACHE_TTL, PromptCacheConfig,
+};
 /// Requests remembered per route for assertions (`/mock/requests`).
 pub const DEFAULT_RECORD_REQUESTS: usize = 16;
 /// Generated output length in tokens (before `max_tokens` cuts it).
@@ -67,40 +63,6 @@ impl Default for MockConfig {
             plan_cache_entries: 4096,
             prompt_cache: PromptCacheConfig::default(),
             clock: Arc::new(TokioClock::new()),
-        }
-    }
-}
-
-/// Parameters of the simulated provider prompt cache (DESIGN.md §7, §10).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptCacheConfig {
-    /// Off: `cached_tokens` is always 0.
-    pub enabled: bool,
-    pub machines: usize,
-    /// Requests per minute for one (first 256 tokens, `prompt_cache_key`) past which
-    /// requests overflow to a random machine.
-    pub overflow_rpm: u32,
-    pub idle_ttl: Duration,
-    pub lru_entries: usize,
-    /// Shortest cacheable prompt.
-    pub min_tokens: usize,
-    /// Granularity of hits above `min_tokens`.
-    pub step_tokens: usize,
-    /// Tokens of the prompt start that, with `prompt_cache_key`, pick the home machine.
-    pub route_tokens: usize,
-}
-
-impl Default for PromptCacheConfig {
-    fn default() -> Self {
-        PromptCacheConfig {
-            enabled: true,
-            machines: DEFAULT_CACHE_MACHINES,
-            overflow_rpm: DEFAULT_CACHE_OVERFLOW_RPM,
-            idle_ttl: DEFAULT_CACHE_IDLE_TTL,
-            lru_entries: DEFAULT_CACHE_LRU_ENTRIES,
-            min_tokens: 1024,
-            step_tokens: 128,
-            route_tokens: 256,
         }
     }
 }

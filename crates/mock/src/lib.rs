@@ -12,8 +12,9 @@
 //! - [`stats`]: request counters and recorded requests.
 //! - `plan`: parsing a request into a prepared answer; special models; the tool rule.
 //! - `chat`, `completions`, `embeddings`, `responses`, `models`: one file per route.
-//! - [`prompt`]: prompt token sequences (message framing, tools) and prefix hashes.
-//! - [`prompt_cache`]: the simulated provider prompt cache.
+//! - [`prompt`], [`prompt_cache`]: prompt token sequences and the simulated provider
+//!   prompt cache; re-exported from `prefixcache_core::provider`, where they live so the
+//!   offline tools share them without depending on the mock.
 //! - [`generate`]: deterministic prose, schema-conforming JSON, logprobs.
 //! - `sse`: event framing and the paced, cuttable stream body.
 //! - `error`: OpenAI-shaped errors.
@@ -28,8 +29,6 @@ mod error;
 pub mod generate;
 mod models;
 mod plan;
-pub mod prompt;
-pub mod prompt_cache;
 mod responses;
 pub mod rng;
 pub mod server;
@@ -40,5 +39,7 @@ pub mod words;
 pub use config::{Latency, MockConfig, PromptCacheConfig};
 pub use embeddings::model_dimensions;
 pub use error::ApiError;
+pub use prefixcache_core::provider::cache as prompt_cache;
+pub use prefixcache_core::provider::prompt;
 pub use server::{Mock, MockServer, app, serve, spawn_local};
 pub use stats::{MockRoute, RecordedRequest, Stats};

@@ -3,14 +3,14 @@
 //! models; the `response` object, or the typed event stream with `sequence_number`.
 
 use bytes::Bytes;
+use prefixcache_core::provider::prompt::{PromptBuilder, responses_prompt};
 use serde_json::{Map, Value, json};
 
-use crate::chat::{PrepareCtx, content_tokens, tool_choice};
+use crate::chat::{PrepareCtx, tool_choice};
 use crate::error::ApiError;
 use crate::plan::{
     self, Finish, Format, GenSpec, Generated, Tool, ToolChoice, content_hash, rng_for,
 };
-use crate::prompt::PromptBuilder;
 use crate::rng::SplitMix64;
 use crate::sse;
 
@@ -52,12 +52,9 @@ fn hex_id(rng: &mut SplitMix64, prefix: &str) -> String {
     s
 }
 
-/// Adds one input item (or easy message) to the prompt; returns its role-ish kind.
-fn input_item(
-    b: &mut PromptBuilder,
-    item: &Value,
-    i: usize,
-) -> Result<(&'static str, String), ApiError> {
+/// Validates one input item (or easy message); returns its role-ish kind and, for a
+/// message, its text. Its tokens come from `provider::prompt::responses_prompt`.
+fn input_item(item: &Value, i: usize) -> Result<(&'static str, String), ApiError> {
     let kind = item
         .get("type")
         .and_then(Value::as_str)
@@ -68,9 +65,6 @@ fn input_item(
                 .get("role")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::missing(&format!("input[{i}].role")))?;
-            b.open(role, None);
-            content_tokens(b, item.get("content"));
-            b.close();
             let text = match item.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Array(parts)) => parts
@@ -82,32 +76,8 @@ fn input_item(
             };
             (if role == "user" { "user" } else { "other" }, text)
         }
-        "function_call" => {
-            b.open("assistant", None);
-            b.tool_call(
-                item.get("name").and_then(Value::as_str).unwrap_or(""),
-                item.get("arguments").and_then(Value::as_str).unwrap_or(""),
-            );
-            b.close();
-            ("other", String::new())
-        }
-        "function_call_output" => {
-            b.open("tool", None);
-            match item.get("output") {
-                Some(Value::String(s)) => b.text(s),
-                other => content_tokens(b, other),
-            }
-            b.close();
-            ("tool", String::new())
-        }
-        // Reasoning items of earlier turns are not re-read by the model.
-        "reasoning" => ("other", String::new()),
-        _ => {
-            b.open("user", None);
-            b.json_text(item);
-            b.close();
-            ("other", String::new())
-        }
+        "function_call_output" => ("tool", String::new()),
+        _ => ("other", String::new()),
     })
 }
 
@@ -130,7 +100,8 @@ pub(crate) fn prepare(
         Some(v @ (Value::String(_) | Value::Array(_))) => v,
         Some(_) => return Err(ApiError::invalid_type("input", "a string or an array")),
     };
-    let instructions = plan::str_field(body, "instructions")?;
+    // Must be a string when given; its tokens come from `responses_prompt`.
+    plan::str_field(body, "instructions")?;
     let budget = plan::int_field(body, "max_output_tokens", 16, u64::MAX >> 1)?;
     let parallel = plan::bool_field(body, "parallel_tool_calls")?.unwrap_or(true);
     let choice = tool_choice(body.get("tool_choice"), "tool_choice")?;
@@ -139,24 +110,16 @@ pub(crate) fn prepare(
         .and_then(|r| r.get("effort"))
         .and_then(Value::as_str);
 
-    let mut b = PromptBuilder::new(enc);
     let mut tools = Vec::new();
     if let Some(list) = body.get("tools").and_then(Value::as_array) {
         for t in list {
             if t.get("type").and_then(Value::as_str) == Some("function") {
                 let name = t.get("name").and_then(Value::as_str).unwrap_or("");
-                let desc = t.get("description").and_then(Value::as_str).unwrap_or("");
-                b.function_tool(name, desc, t.get("parameters"));
                 tools.push(Tool {
                     name: name.to_string(),
                     parameters: t.get("parameters").cloned(),
                 });
-            } else {
-                b.json_text(t);
             }
-        }
-        if !tools.is_empty() {
-            b.end_tools();
         }
     }
     if let ToolChoice::Named(name) = &choice
@@ -169,37 +132,22 @@ pub(crate) fn prepare(
     }
     let text_cfg = body.get("text").and_then(|t| t.get("format"));
     let format = match text_cfg.and_then(|f| f.get("type")).and_then(Value::as_str) {
-        Some("json_schema") => {
-            if let Some(f) = text_cfg {
-                b.json_text(f);
-            }
-            Format::JsonSchema(
-                text_cfg
-                    .and_then(|f| f.get("schema"))
-                    .cloned()
-                    .unwrap_or(Value::Null),
-            )
-        }
+        Some("json_schema") => Format::JsonSchema(
+            text_cfg
+                .and_then(|f| f.get("schema"))
+                .cloned()
+                .unwrap_or(Value::Null),
+        ),
         Some("json_object") => Format::JsonObject,
         _ => Format::Text,
     };
-    if let Some(ins) = instructions {
-        b.open("developer", None);
-        b.text(ins);
-        b.close();
-    }
     let mut last_kind = "user";
     let mut last_user = String::new();
     match input {
-        Value::String(s) => {
-            b.open("user", None);
-            b.text(s);
-            b.close();
-            last_user = s.clone();
-        }
+        Value::String(s) => last_user = s.clone(),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                let (kind, text) = input_item(&mut b, item, i)?;
+                let (kind, text) = input_item(item, i)?;
                 if kind == "user" {
                     last_user = text;
                 }
@@ -208,7 +156,9 @@ pub(crate) fn prepare(
         }
         _ => {}
     }
-    b.prime_reply();
+    // The body is valid: its prompt is the provider's token sequence of it.
+    let mut b = PromptBuilder::new(enc);
+    responses_prompt(&mut b, body);
 
     let hash = content_hash(ctx.seed, "responses", body);
     let spec = GenSpec {

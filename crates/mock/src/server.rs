@@ -87,11 +87,7 @@ impl Mock {
         // Loading a vocabulary takes tens of milliseconds: do it now, not on a request.
         prefixcache_core::tokenizer::Encoding::O200kBase.preload();
         prefixcache_core::tokenizer::Encoding::Cl100kBase.preload();
-        let sim = PromptCacheSim::new(
-            config.prompt_cache.clone(),
-            config.seed,
-            config.clock.clone(),
-        );
+        let sim = PromptCacheSim::new(config.prompt_cache.clone(), config.seed);
         let id_salt = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -478,10 +474,11 @@ async fn answer(
     let cached_tokens: u64 = if plan.prompts.is_empty() {
         0
     } else {
+        let now = mock.config.clock.now_ms();
         let mut sim = mock.sim.lock().unwrap_or_else(|p| p.into_inner());
         plan.prompts
             .iter()
-            .map(|p| sim.serve(p, plan.retention).cached_tokens)
+            .map(|p| sim.serve(p, plan.retention, now).cached_tokens)
             .sum()
     };
     let cut = plan.special == Special::CutStream;
