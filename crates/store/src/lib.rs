@@ -9,6 +9,7 @@
 //! - [`entry`]: the versioned, checksummed binary encoding of an [`Entry`].
 //! - [`memory`]: moka, bounded by bytes; the whole cache or the hot tier of another.
 //! - [`disk`]: redb under the data directory, group commit, eviction by expiry.
+//! - [`redis`]: Redis and Redis Cluster (redis-rs), shared by replicas.
 //! - [`tiered`]: a memory tier in front of another store, and its freshness rules.
 //! - [`guard`]: the fail-open guard: timeouts and a circuit breaker around a store.
 //! - `open.rs`: [`open`], which builds the configured store for the proxy.
@@ -20,6 +21,7 @@ pub mod entry;
 pub mod guard;
 pub mod memory;
 mod open;
+pub mod redis;
 pub mod tiered;
 
 use std::fmt;
@@ -194,7 +196,7 @@ impl fmt::Debug for dyn CacheStore {
 /// Bodies at least this large are encoded on a blocking thread: lz4 runs at roughly
 /// 0.5-1 GB/s, so above this an encode would hold a runtime thread for a few hundred
 /// microseconds.
-const ENCODE_OFFLOAD_BYTES: usize = 256 * 1024;
+pub(crate) const ENCODE_OFFLOAD_BYTES: usize = 256 * 1024;
 
 /// Encodes `entry` without holding up the async runtime on large bodies.
 pub(crate) async fn encode_off_runtime(entry: &Entry) -> Result<Vec<u8>, StoreError> {

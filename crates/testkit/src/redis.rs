@@ -45,6 +45,7 @@ pub fn require_redis(test: &str) -> bool {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
 }
@@ -79,6 +80,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 child: None,
                 port,
+                tls_port: None,
                 dir,
                 extra: extra.clone(),
             };
@@ -88,6 +90,64 @@ impl RedisServer {
             }
         }
         panic!("could not start redis-server: {last_err:?}");
+    }
+
+    /// A server that also serves TLS on [`RedisServer::tls_port`], with a certificate
+    /// for `127.0.0.1` signed by a throwaway CA (made with the `openssl` CLI; the CA is
+    /// `ca.crt` in [`RedisServer::dir`]). The plain port stays open for readiness checks.
+    /// Panics if `openssl` or the server fails; see [`require_openssl`].
+    pub fn start_tls() -> RedisServer {
+        let mut last_err = None;
+        for _ in 0..5 {
+            let (port, tls_port) = match (free_port(false), free_port(false)) {
+                (Ok(a), Ok(b)) if a != b => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    last_err = Some(e);
+                    continue;
+                }
+                _ => continue,
+            };
+            let dir = match tempfile::Builder::new()
+                .prefix("prefixcache-redis-tls-")
+                .tempdir()
+            {
+                Ok(d) => d,
+                Err(e) => panic!("creating a temp dir for redis-server: {e}"),
+            };
+            if let Err(e) = make_certs(dir.path()) {
+                panic!("making TLS certificates with openssl: {e}");
+            }
+            let d = dir.path().display();
+            let extra: Vec<String> = vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                format!("{d}/server.crt"),
+                "--tls-key-file".into(),
+                format!("{d}/server.key"),
+                "--tls-ca-cert-file".into(),
+                format!("{d}/ca.crt"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            let mut server = RedisServer {
+                child: None,
+                port,
+                tls_port: Some(tls_port),
+                dir,
+                extra,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = Some(e),
+            }
+        }
+        panic!("could not start redis-server with TLS: {last_err:?}");
+    }
+
+    /// The TLS port of a server from [`RedisServer::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     fn spawn(&mut self) -> io::Result<()> {
@@ -193,6 +253,84 @@ impl Drop for RedisServer {
     }
 }
 
+/// Whether the `openssl` CLI is on PATH (for [`RedisServer::start_tls`]); applies the
+/// skip policy.
+pub fn require_openssl(test: &str) -> bool {
+    let found = which("openssl").is_some();
+    if !found {
+        skip_or_fail(test, "openssl", "Install it (`apt-get install openssl`).");
+    }
+    found
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
+fn make_certs(dir: &Path) -> io::Result<()> {
+    let run = |args: &[&str]| -> io::Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=prefixcache test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ])
+}
+
 /// A local Redis Cluster of masters only (no replicas), each a [`RedisServer`].
 #[derive(Debug)]
 pub struct RedisCluster {
@@ -227,6 +365,7 @@ impl RedisCluster {
             let mut node = RedisServer {
                 child: None,
                 port,
+                tls_port: None,
                 dir,
                 extra: [
                     "--cluster-enabled",

@@ -12,4 +12,5 @@ mod conformance;
 mod disk;
 mod memory;
 mod open;
+mod redis;
 mod tiered;

@@ -1,0 +1,345 @@
+//! The Redis store against a real `redis-server` and a real 3-master Redis Cluster:
+//! conformance, URLs (password, db, TLS), the shared tenant secret, and outages.
+//! Skips loudly without `redis-server` locally; fails under `CI=true`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prefixcache_core::config::{Config, StoreKind};
+use prefixcache_core::key::CacheKey;
+use prefixcache_store::guard::{CircuitState, GuardConfig, GuardedStore};
+use prefixcache_store::memory::MemoryStore;
+use prefixcache_store::redis::RedisStore;
+use prefixcache_store::tiered::TieredStore;
+use prefixcache_store::{CacheStore, Clock, ManualClock, StoreError, SystemClock, open};
+use prefixcache_testkit::redis::{RedisCluster, RedisServer, require_openssl, require_redis};
+
+use crate::conformance::{self, Backend, HOUR_MS, Keys, chat_body, entry};
+
+struct Redis {
+    store: Arc<dyn CacheStore>,
+    raw: Arc<RedisStore>,
+}
+
+impl Redis {
+    fn plain(raw: RedisStore) -> Redis {
+        let raw = Arc::new(raw);
+        Redis {
+            store: raw.clone(),
+            raw,
+        }
+    }
+}
+
+impl Backend for Redis {
+    fn store(&self) -> Arc<dyn CacheStore> {
+        self.store.clone()
+    }
+    async fn write_raw(&self, key: &CacheKey, expires_at_ms: u64, bytes: Vec<u8>) -> bool {
+        let ttl = expires_at_ms.saturating_sub(SystemClock.now_ms());
+        self.raw
+            .put_raw(key, Duration::from_millis(ttl), &bytes)
+            .await
+            .unwrap();
+        true
+    }
+    async fn raw_exists(&self, key: &CacheKey) -> bool {
+        self.raw.get_raw(key).await.unwrap().is_some()
+    }
+    fn exact_bytes(&self) -> bool {
+        false
+    }
+}
+
+fn clock() -> ManualClock {
+    ManualClock::new(SystemClock.now_ms())
+}
+
+fn store(url: &str, clock: &ManualClock) -> RedisStore {
+    RedisStore::new(url, Arc::new(clock.clone())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_conformance() {
+    if !require_redis("redis_conformance") {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = clock();
+    conformance::conformance(&Redis::plain(store(&server.url(), &clock)), &clock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_conformance() {
+    if !require_redis("redis_cluster_conformance") {
+        return;
+    }
+    let cluster = RedisCluster::start(3);
+    let clock = clock();
+    let redis = Redis::plain(store(&cluster.url(), &clock));
+    conformance::conformance(&redis, &clock).await;
+
+    // Keys spread over every master: the client routes by slot.
+    let keys = Keys::new();
+    for i in 0..60 {
+        let e = entry(clock.now_ms(), HOUR_MS, chat_body("spread"));
+        redis.store.put(&keys.key("spread", i), &e).await.unwrap();
+    }
+    for node in cluster.nodes() {
+        let n: i64 = node.command(&["DBSIZE"]).unwrap().text().parse().unwrap();
+        assert!(n > 0, "master {} holds no key", node.port());
+    }
+    // Stats are DBSIZE summed over the masters. (Retried: an entry of the TTL case can
+    // expire between the two reads.)
+    let node_sum = || -> u64 {
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| {
+                n.command(&["DBSIZE"])
+                    .unwrap()
+                    .text()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        redis.store.flush().await.unwrap();
+        let (ours, theirs) = (redis.store.stats().entries, node_sum());
+        if ours == theirs {
+            break;
+        }
+        seen.push((ours, theirs));
+    }
+    assert!(seen.len() < 5, "stats vs DBSIZE per node: {seen:?}");
+}
+
+/// The memory tier in front of Redis, as `open` builds it for `kind = "redis"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_redis_conformance() {
+    if !require_redis("tiered_redis_conformance") {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = clock();
+    let raw = Arc::new(store(&server.url(), &clock));
+    let tiered = TieredStore::new(
+        MemoryStore::new(64 << 20, Arc::new(clock.clone())),
+        raw.clone(),
+        Some(Duration::from_secs(10)),
+        Arc::new(clock.clone()),
+    );
+    let backend = Redis {
+        store: Arc::new(tiered),
+        raw,
+    };
+    conformance::conformance(&backend, &clock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_builds_the_redis_kind_and_shares_the_tenant_secret() {
+    if !require_redis("open_builds_the_redis_kind_and_shares_the_tenant_secret") {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = clock();
+    let mut config = Config::defaults().store;
+    config.kind = StoreKind::Redis;
+    config.redis_url = server.url();
+    config.timeout = Duration::from_secs(30);
+    let a = open(&config, Arc::new(clock.clone())).await.unwrap();
+    let b = open(&config, Arc::new(clock.clone())).await.unwrap();
+    assert_eq!(a.store.backend(), "tiered");
+
+    // Two replicas: a put through one is a hit through the other.
+    let k = Keys::new().key("replicas", 0);
+    let e = entry(clock.now_ms(), HOUR_MS, chat_body("shared"));
+    a.store.put(&k, &e).await.unwrap();
+    assert_eq!(b.store.get(&k).await.unwrap(), Some(e));
+
+    // Whoever asks first creates the secret; everyone gets the same one, every time.
+    let (sa, sb) = tokio::join!(a.shared_secret(), b.shared_secret());
+    let (sa, sb) = (sa.unwrap().unwrap(), sb.unwrap().unwrap());
+    assert_eq!(sa, sb);
+    assert_eq!(sa.len(), 64);
+    assert!(sa.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(a.shared_secret().await.unwrap().unwrap(), sa);
+    assert_eq!(
+        server
+            .command(&["GET", "prefixcache:v1:tenant-secret"])
+            .unwrap()
+            .text(),
+        sa
+    );
+    // Purge never touches it.
+    a.store.purge(&Default::default()).await.unwrap();
+    assert_eq!(b.shared_secret().await.unwrap().unwrap(), sa);
+
+    // Another Redis, another secret.
+    let other = RedisServer::start();
+    config.redis_url = other.url();
+    let c = open(&config, Arc::new(clock.clone())).await.unwrap();
+    assert_ne!(c.shared_secret().await.unwrap().unwrap(), sa);
+}
+
+#[tokio::test]
+async fn password_and_database_come_from_the_url() {
+    if !require_redis("password_and_database_come_from_the_url") {
+        return;
+    }
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let clock = clock();
+    let k = Keys::new().key("auth", 0);
+    let e = entry(clock.now_ms(), HOUR_MS, chat_body("auth"));
+
+    let good = store(
+        &format!("redis://:s3cret@127.0.0.1:{}/3", server.port()),
+        &clock,
+    );
+    good.put(&k, &e).await.unwrap();
+    assert_eq!(good.get(&k).await.unwrap(), Some(e));
+    good.flush().await.unwrap();
+    assert_eq!(good.stats().entries, 1, "DBSIZE of db 3");
+    // It is in database 3, not 0.
+    let key = format!("prefixcache:v1:{}", k.to_hex());
+    let exists = |db: &str| {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &server.port().to_string(),
+                "-a",
+                "s3cret",
+                "--no-auth-warning",
+            ])
+            .args(["-n", db, "EXISTS", &key])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        (exists("3"), exists("0")),
+        ("1".to_string(), "0".to_string())
+    );
+
+    let wrong = store(
+        &format!("redis://:nope@127.0.0.1:{}/3", server.port()),
+        &clock,
+    );
+    assert!(wrong.get(&k).await.is_err(), "a wrong password is an error");
+    let none = store(&server.url(), &clock);
+    assert!(
+        none.put(&k, &entry(clock.now_ms(), HOUR_MS, chat_body("x")))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn tls_with_rediss() {
+    if !require_redis("tls_with_rediss") || !require_openssl("tls_with_rediss") {
+        return;
+    }
+    let server = RedisServer::start_tls();
+    let port = server.tls_port().unwrap();
+    let clock = clock();
+    let k = Keys::new().key("tls", 0);
+    let e = entry(clock.now_ms(), HOUR_MS, chat_body("tls"));
+
+    // The test CA is not trusted: verification must refuse it.
+    let verified = store(&format!("rediss://127.0.0.1:{port}"), &clock);
+    let err = verified.get(&k).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+
+    // Encrypted, without verification, as the URL asks.
+    let insecure = store(&format!("rediss://127.0.0.1:{port}/#insecure"), &clock);
+    insecure.put(&k, &e).await.unwrap();
+    assert_eq!(insecure.get(&k).await.unwrap(), Some(e));
+    // The plain port sees the same data: it went through the TLS listener to Redis.
+    let key = format!("prefixcache:v1:{}", k.to_hex());
+    assert!(server.command(&["EXISTS", &key]).unwrap().text() == "1");
+}
+
+#[tokio::test]
+async fn a_store_created_while_redis_is_down_fails_fast_and_recovers() {
+    if !require_redis("a_store_created_while_redis_is_down_fails_fast_and_recovers") {
+        return;
+    }
+    let mut server = RedisServer::start();
+    server.kill();
+    let clock = clock();
+    let redis = store(&server.url(), &clock);
+    let k = Keys::new().key("down", 0);
+    assert!(matches!(
+        redis.get(&k).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    server.restart();
+    let e = entry(clock.now_ms(), HOUR_MS, chat_body("up"));
+    redis.put(&k, &e).await.unwrap();
+    assert_eq!(redis.get(&k).await.unwrap(), Some(e));
+}
+
+/// Kill Redis under a guarded store: operations fail fast (never hang), the circuit
+/// opens, and after Redis comes back the store recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guarded_store_fails_open_through_a_redis_restart() {
+    if !require_redis("the_guarded_store_fails_open_through_a_redis_restart") {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let clock = clock();
+    let guarded = GuardedStore::new(
+        Arc::new(store(&server.url(), &clock)),
+        GuardConfig {
+            open_base: Duration::from_millis(50),
+            open_max: Duration::from_millis(200),
+            ..GuardConfig::new(Duration::from_secs(2))
+        },
+    );
+    let state = guarded.state();
+    let keys = Keys::new();
+    let e = entry(clock.now_ms(), HOUR_MS, chat_body("before"));
+    guarded.put(&keys.key("outage", 0), &e).await.unwrap();
+    assert!(guarded.get(&keys.key("outage", 0)).await.unwrap().is_some());
+
+    server.kill();
+    let mut errors = 0;
+    for i in 0..20 {
+        match guarded.get(&keys.key("outage", i)).await {
+            Ok(_) => {}
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::CircuitOpen) => {
+                errors += 1
+            }
+            Err(other) => panic!("unexpected error kind: {other}"),
+        }
+    }
+    assert_eq!(
+        errors, 20,
+        "every operation during the outage is an error, none hangs"
+    );
+    assert!(state.is_degraded());
+    assert!(state.snapshot().trips >= 1);
+
+    server.restart();
+    // The circuit probes again within open_max; the client reconnects by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let after = entry(clock.now_ms(), HOUR_MS, chat_body("after"));
+    loop {
+        if guarded.put(&keys.key("outage", 100), &after).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered: {:?}",
+            state.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state.state(), CircuitState::Closed);
+    assert_eq!(
+        guarded.get(&keys.key("outage", 100)).await.unwrap(),
+        Some(after)
+    );
+}
