@@ -11,6 +11,8 @@
 //! - [`tokenizer`]: tiktoken-exact encodings and the model-name table.
 //! - [`prefix`]: the prefix text of a request, prefix families and their memo.
 //! - [`boundary`]: where two prompts' tokens first diverge (`prefixcache diff`).
+//! - [`lint`]: prompt-shape rules (dynamic prefixes, placeholders, whitespace drift,
+//!   short prefixes, unstable tool serialization) and the warning header.
 //! - [`pricing`]: the price table (embedded `pricing.toml`, config overrides) and the cost
 //!   of a response's usage.
 //! - [`usage`]: token usage of a response, normalized across routes.
@@ -22,6 +24,7 @@
 pub mod boundary;
 pub mod config;
 pub mod key;
+pub mod lint;
 pub mod prefix;
 pub mod pricing;
 pub mod provider;
