@@ -79,6 +79,20 @@ fn settled_pieces_of_every_cut_are_exact_exhaustive_b() {
     }
 }
 
+/// Why two pieces are held back, not one: a cut can change the split of the piece
+/// before its last one.
+#[test]
+fn holding_back_one_piece_is_not_enough() {
+    // "\n \n" is one piece; its cut "\n " is "\n" + " ", and "\n" is not a piece of
+    // the whole text.
+    let enc = Encoding::O200kBase;
+    assert_eq!(pieces(enc, "\n \n"), vec!["\n \n"]);
+    assert_eq!(pieces(enc, "\n "), vec!["\n", " "]);
+    // An uppercase run before a combining mark and lowercase letters.
+    assert_eq!(pieces(enc, "\u{301}Er"), vec!["\u{301}Er"]);
+    assert_eq!(pieces(enc, "\u{301}E"), vec!["\u{301}", "E"]);
+}
+
 /// Text made of fragments that stress the split patterns: whitespace runs of every
 /// kind (the trap), contractions, case changes, digits, marks, CJK, emoji.
 fn fragment() -> impl Strategy<Value = String> {
