@@ -141,9 +141,29 @@ impl PromptCacheSim {
         retention: Retention,
         now_ms: u64,
     ) -> CacheOutcome {
+        self.serve_parts(
+            prompt.tokens,
+            &prompt.blocks,
+            prompt.route,
+            retention,
+            now_ms,
+        )
+    }
+
+    /// [`PromptCacheSim::serve`] on a prompt's parts: its length, its prefix blocks and
+    /// a routing key (e.g. [`PromptInfo::route_for`] under another `prompt_cache_key`),
+    /// so one prompt's blocks serve several simulations without copies.
+    pub fn serve_parts(
+        &mut self,
+        tokens: u64,
+        blocks: &[u64],
+        route: u64,
+        retention: Retention,
+        now_ms: u64,
+    ) -> CacheOutcome {
         let now = now_ms;
         self.stats.lookups += 1;
-        self.stats.prompt_tokens += prompt.tokens;
+        self.stats.prompt_tokens += tokens;
         if !self.config.enabled {
             return CacheOutcome {
                 machine: 0,
@@ -151,18 +171,18 @@ impl PromptCacheSim {
                 cached_tokens: 0,
             };
         }
-        let overflowed = self.over_rate(prompt.route, now);
+        let overflowed = self.over_rate(route, now);
         let m = self.machines.len() as u64;
         let machine = if overflowed {
             self.stats.overflowed += 1;
             self.rng.below(m) as usize
         } else {
-            (prompt.route % m) as usize
+            (route % m) as usize
         };
         let step = self.config.step_tokens.max(1);
         // Blocks before this index end short of `min_tokens` and are never cached.
         let first = self.config.min_tokens.div_ceil(step).max(1) - 1;
-        let blocks = prompt.blocks.get(first..).unwrap_or(&[]);
+        let blocks = blocks.get(first..).unwrap_or(&[]);
         let ttl = match retention {
             Retention::InMemory => self.config.idle_ttl,
             Retention::Extended => EXTENDED_CACHE_TTL,

@@ -525,6 +525,23 @@ pub struct PromptInfo {
     pub blocks: Vec<u64>,
     /// Identifies the first `route_tokens` tokens and the `prompt_cache_key`: the routing key.
     pub route: u64,
+    /// Identifies the first `route_tokens` tokens alone: [`PromptInfo::route_for`]
+    /// combines it with other keys (replay compares `prompt_cache_key` policies).
+    pub route_prefix: u64,
+}
+
+/// The routing key: the prompt start's hash folded with the `prompt_cache_key`'s.
+fn route_key(route_prefix: u64, cache_key: Option<&str>) -> u64 {
+    let key_hash = match cache_key {
+        None => 0,
+        Some(k) => {
+            let d = blake3::hash(k.as_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d.as_bytes()[..8]);
+            u64::from_le_bytes(b) | 1
+        }
+    };
+    fold(route_prefix, key_hash)
 }
 
 impl PromptInfo {
@@ -550,20 +567,17 @@ impl PromptInfo {
             }
         }
         let route_prefix = route_prefix.unwrap_or(h);
-        let key_hash = match cache_key {
-            None => 0,
-            Some(k) => {
-                let d = blake3::hash(k.as_bytes());
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&d.as_bytes()[..8]);
-                u64::from_le_bytes(b) | 1
-            }
-        };
         PromptInfo {
             tokens: tokens.len() as u64,
             blocks,
-            route: fold(route_prefix, key_hash),
+            route: route_key(route_prefix, cache_key),
+            route_prefix,
         }
+    }
+
+    /// The routing key of this prompt sent with `cache_key` as its `prompt_cache_key`.
+    pub fn route_for(&self, cache_key: Option<&str>) -> u64 {
+        route_key(self.route_prefix, cache_key)
     }
 }
 
@@ -676,6 +690,8 @@ mod tests {
         assert_eq!(info2.route, info.route, "same first 256 tokens, same route");
         let keyed = PromptInfo::new(&tokens, 128, 256, Some("conv-1"));
         assert_ne!(keyed.route, info.route);
+        assert_eq!(info.route_for(Some("conv-1")), keyed.route);
+        assert_eq!(keyed.route_for(None), info.route);
         assert_eq!(keyed.blocks, info.blocks);
         let mut changed_late = tokens.clone();
         changed_late[300] = 9;
