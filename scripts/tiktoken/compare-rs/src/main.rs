@@ -64,14 +64,24 @@ fn measure(bytes: usize, runs: usize, mut f: impl FnMut() -> usize) -> (f64, f64
 
 fn main() {
     let text = mixed_text();
-    println!("mixed text: {} bytes; best / median of {RUNS} runs, MiB/s", text.len());
-    let bpe = [("o200k_base", bpe_openai::o200k_base()), ("cl100k_base", bpe_openai::cl100k_base())];
+    println!(
+        "mixed text: {} bytes; best / median of {RUNS} runs, MiB/s",
+        text.len()
+    );
+    let bpe = [
+        ("o200k_base", bpe_openai::o200k_base()),
+        ("cl100k_base", bpe_openai::cl100k_base()),
+    ];
     let tik = [
         tiktoken_rs::o200k_base_singleton(),
         tiktoken_rs::cl100k_base_singleton(),
     ];
     for ((name, ours), theirs) in bpe.iter().zip(tik) {
-        assert_eq!(ours.encode(&text), theirs.encode_ordinary(&text), "{name}: ids differ");
+        assert_eq!(
+            ours.encode(&text),
+            theirs.encode_ordinary(&text),
+            "{name}: ids differ"
+        );
         let (b1, m1, n) = measure(text.len(), RUNS, || ours.encode(&text).len());
         let (b2, m2, _) = measure(text.len(), RUNS, || theirs.encode_ordinary(&text).len());
         println!(
@@ -94,7 +104,9 @@ fn main() {
             let r = std::thread::Builder::new()
                 .stack_size(64 << 20)
                 .spawn(move || {
-                    std::panic::catch_unwind(|| measure(MIB, 3, || theirs.encode_ordinary(&input).len()))
+                    std::panic::catch_unwind(|| {
+                        measure(MIB, 3, || theirs.encode_ordinary(&input).len())
+                    })
                 })
                 .expect("thread")
                 .join();
