@@ -1,5 +1,6 @@
-//! Store micro-benchmarks: entry encode/decode by body size, and get/put on the memory
-//! and disk stores (the disk put both one at a time and 64 at once, to show group commit).
+//! Store micro-benchmarks: entry encode/decode by body size, and get/put on the memory,
+//! disk and Redis stores (the disk put both one at a time and 64 at once, to show group
+//! commit). The Redis group starts its own `redis-server` and is skipped without one.
 //!
 //! Run: `cargo bench -p prefixcache-store --bench store`
 
@@ -15,6 +16,7 @@ use prefixcache_core::route::Route;
 use prefixcache_core::usage::Usage;
 use prefixcache_store::disk::DiskStore;
 use prefixcache_store::memory::MemoryStore;
+use prefixcache_store::redis::RedisStore;
 use prefixcache_store::{CacheStore, Clock, ContentForm, Entry, EntryMeta, SystemClock, entry};
 
 /// A chat-completion-like JSON body of about `n` bytes (compresses like real responses).
@@ -176,5 +178,38 @@ fn disk(c: &mut Criterion) {
     drop(store);
 }
 
-criterion_group!(benches, codec, memory, disk);
+fn redis(c: &mut Criterion) {
+    if prefixcache_testkit::which("redis-server").is_none() {
+        eprintln!("redis-server not found: skipping the redis benches");
+        return;
+    }
+    let server = prefixcache_testkit::redis::RedisServer::start();
+    let rt = runtime();
+    let store = RedisStore::new(&server.url(), Arc::new(SystemClock)).unwrap();
+    let mut g = c.benchmark_group("redis");
+    for (n, label) in [SIZES[0], SIZES[1]] {
+        let e = make_entry(n);
+        rt.block_on(async {
+            for i in 0..1000 {
+                store.put(&key(i), &e).await.unwrap();
+            }
+        });
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::new("get_hit", label), |b| {
+            b.iter(|| {
+                i = (i + 1) % 1000;
+                rt.block_on(store.get(&key(i))).unwrap().unwrap()
+            })
+        });
+        g.bench_function(BenchmarkId::new("put", label), |b| {
+            b.iter(|| {
+                i = (i + 1) % 1000;
+                rt.block_on(store.put(&key(i), &e)).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codec, memory, disk, redis);
 criterion_main!(benches);

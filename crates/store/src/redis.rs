@@ -18,8 +18,8 @@
 //! Approximate, from cheap server commands: `entries` = `DBSIZE` and `bytes` =
 //! `used_memory_dataset` from `INFO memory`, summed over the masters. They count the
 //! whole database (a Redis shared with other data inflates them). `stats()` must be
-//! cheap and synchronous, so it returns the last figures; they are refreshed by
-//! `health` (at most once a second), by `flush`, and by a `put` when older than 10 s.
+//! cheap and synchronous, so it returns the last figures, which a background task owned
+//! by the store refreshes every [`STATS_INTERVAL`] (and `flush` at once).
 //!
 //! # Purge
 //! `SCAN MATCH prefixcache:v1:* COUNT 1000` on every master, then for each page a
@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -52,8 +52,8 @@ pub const SECRET_KEY: &str = "prefixcache:v1:tenant-secret";
 /// Bytes of the first ranged read of a header during purge.
 const HEADER_PROBE: usize = 256;
 const SCAN_COUNT: usize = 1000;
-const STATS_FRESH: Duration = Duration::from_secs(1);
-const STATS_STALE_ON_PUT: Duration = Duration::from_secs(10);
+/// How often the background task refreshes the approximate stats.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// Per-command bound inside the client; the guard's (shorter) timeout normally fires
 /// first, this only bounds admin operations (purge) that issue many commands.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -185,15 +185,22 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// A Redis or Redis Cluster store.
+/// A Redis or Redis Cluster store. Owns a background task that refreshes the
+/// approximate stats every [`STATS_INTERVAL`] (aborted when the store is dropped).
 pub struct RedisStore {
+    shared: Arc<Shared>,
+    /// The stats refresher; a `JoinSet` so dropping the store aborts it.
+    _refresher: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// The store's state, shared with its stats refresher (which holds it weakly).
+struct Shared {
     client: Client,
     conn: OnceCell<Conn>,
     clock: Arc<dyn Clock>,
     url: String,
     entries: AtomicU64,
     bytes: AtomicU64,
-    stats_at: std::sync::Mutex<Option<Instant>>,
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -214,9 +221,68 @@ fn redis_key(key: &CacheKey) -> String {
 }
 
 impl RedisStore {
-    /// A store for `url` (see [`parse_url`]). Does not connect yet: the first operation
-    /// does, so this succeeds while Redis is down.
+    /// A store for `url` (see [`parse_url`]). Does not connect here: the first operation
+    /// (or the stats refresher) does, so this succeeds while Redis is down. Called
+    /// inside a tokio runtime it starts the stats refresher; outside one, stats are
+    /// refreshed only by `flush`.
     pub fn new(url: &str, clock: Arc<dyn Clock>) -> Result<RedisStore, StoreError> {
+        let shared = Arc::new(Shared::new(url, clock)?);
+        let mut refresher = tokio::task::JoinSet::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let weak = Arc::downgrade(&shared);
+            refresher.spawn(async move {
+                let mut tick = tokio::time::interval(STATS_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = weak.upgrade() else { break };
+                    // Errors only leave the last figures in place; the request path
+                    // reports Redis trouble on its own.
+                    let _ = tokio::time::timeout(STATS_INTERVAL, shared.refresh_stats()).await;
+                }
+            });
+        }
+        Ok(RedisStore {
+            shared,
+            _refresher: std::sync::Mutex::new(refresher),
+        })
+    }
+
+    /// The URL this store uses, password redacted.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    /// The tenant secret every replica on this Redis shares: created by the first
+    /// replica that asks (`SET .. NX`, 32 random bytes as hex, no expiry), read by the
+    /// others. Replicas never disagree, whichever starts first.
+    pub async fn shared_secret(&self) -> Result<String, StoreError> {
+        self.shared.shared_secret().await
+    }
+
+    /// Refreshes the approximate stats now (one `DBSIZE` and one `INFO memory` per master).
+    pub async fn refresh_stats(&self) -> Result<StoreStats, StoreError> {
+        self.shared.refresh_stats().await
+    }
+
+    /// Stores already-encoded bytes under `key` as they are. For tests and tools.
+    pub async fn put_raw(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.shared.put_raw(key, ttl, bytes).await
+    }
+
+    /// The raw bytes under `key`, without decoding. For tests and tools.
+    pub async fn get_raw(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreError> {
+        self.shared.get_raw(key).await
+    }
+}
+
+impl Shared {
+    fn new(url: &str, clock: Arc<dyn Clock>) -> Result<Shared, StoreError> {
         // rustls panics at the first TLS connection unless exactly one crypto provider
         // is chosen; choose ring (the one the workspace builds) explicitly. An error
         // only means one is installed already.
@@ -245,20 +311,14 @@ impl RedisStore {
                 Client::Cluster(b.build().map_err(bad)?)
             }
         };
-        Ok(RedisStore {
+        Ok(Shared {
             client,
             conn: OnceCell::new(),
             clock,
             url: redact(url),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            stats_at: std::sync::Mutex::new(None),
         })
-    }
-
-    /// The URL this store uses, password redacted.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
@@ -289,10 +349,7 @@ impl RedisStore {
         cmd.query_async(&mut conn).await.map_err(unavailable)
     }
 
-    /// The tenant secret every replica on this Redis shares: created by the first
-    /// replica that asks (`SET .. NX`, 32 random bytes as hex, no expiry), read by the
-    /// others. Replicas never disagree, whichever starts first.
-    pub async fn shared_secret(&self) -> Result<String, StoreError> {
+    async fn shared_secret(&self) -> Result<String, StoreError> {
         let candidate = hex(&rand::random::<[u8; 32]>());
         let mut set = redis::cmd("SET");
         set.arg(SECRET_KEY).arg(&candidate).arg("NX");
@@ -305,8 +362,7 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Backend(format!("{SECRET_KEY} vanished after SET NX")))
     }
 
-    /// Refreshes the approximate stats now (one `DBSIZE` and one `INFO memory` per master).
-    pub async fn refresh_stats(&self) -> Result<StoreStats, StoreError> {
+    async fn refresh_stats(&self) -> Result<StoreStats, StoreError> {
         let entries: u64 = self.query(&redis::cmd("DBSIZE")).await?;
         let mut info = redis::cmd("INFO");
         info.arg("memory");
@@ -321,26 +377,10 @@ impl RedisStore {
         });
         self.entries.store(entries, Ordering::Relaxed);
         self.bytes.store(bytes, Ordering::Relaxed);
-        if let Ok(mut at) = self.stats_at.lock() {
-            *at = Some(Instant::now());
-        }
         Ok(StoreStats { entries, bytes })
     }
 
-    fn stats_older_than(&self, age: Duration) -> bool {
-        self.stats_at
-            .lock()
-            .map(|at| at.is_none_or(|t| t.elapsed() >= age))
-            .unwrap_or(true)
-    }
-
-    /// Stores already-encoded bytes under `key` as they are. For tests and tools.
-    pub async fn put_raw(
-        &self,
-        key: &CacheKey,
-        ttl: Duration,
-        bytes: &[u8],
-    ) -> Result<(), StoreError> {
+    async fn put_raw(&self, key: &CacheKey, ttl: Duration, bytes: &[u8]) -> Result<(), StoreError> {
         let mut set = redis::cmd("SET");
         set.arg(redis_key(key))
             .arg(bytes)
@@ -349,8 +389,7 @@ impl RedisStore {
         self.query::<Value>(&set).await.map(drop)
     }
 
-    /// The raw bytes under `key`, without decoding. For tests and tools.
-    pub async fn get_raw(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreError> {
+    async fn get_raw(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreError> {
         let mut get = redis::cmd("GET");
         get.arg(redis_key(key));
         self.query(&get).await
@@ -502,12 +541,7 @@ fn for_each_text(v: &Value, f: &mut dyn FnMut(&str)) {
     }
 }
 
-#[async_trait]
-impl CacheStore for RedisStore {
-    fn backend(&self) -> &'static str {
-        "redis"
-    }
-
+impl Shared {
     async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, StoreError> {
         let Some(bytes) = self.get_raw(key).await? else {
             return Ok(None);
@@ -527,9 +561,9 @@ impl CacheStore for RedisStore {
             Err(err) => {
                 tracing::warn!(key = %key.short_hex(), error = %err, reason = err.metric_label(),
                     "undecodable redis entry; treated as a miss and deleted");
-                // Unconditional: if another replica rewrote the key meanwhile, the
-                // worst case is one extra miss.
-                self.delete(key).await?;
+                // Best effort and unconditional: if another replica rewrote the key
+                // meanwhile, the worst case is one extra miss.
+                let _ = self.delete(key).await;
                 Ok(None)
             }
         }
@@ -546,12 +580,7 @@ impl CacheStore for RedisStore {
             Duration::from_millis(entry.meta.expires_at_ms - now),
             &bytes,
         )
-        .await?;
-        if self.stats_older_than(STATS_STALE_ON_PUT) {
-            // Best effort: a failed refresh must not fail the put.
-            let _ = self.refresh_stats().await;
-        }
-        Ok(())
+        .await
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
@@ -561,11 +590,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        let _: Value = self.query(&redis::cmd("PING")).await?;
-        if self.stats_older_than(STATS_FRESH) {
-            self.refresh_stats().await?;
-        }
-        Ok(())
+        self.query::<Value>(&redis::cmd("PING")).await.map(drop)
     }
 
     async fn purge(&self, filter: &PurgeFilter) -> Result<u64, StoreError> {
@@ -584,16 +609,43 @@ impl CacheStore for RedisStore {
         }
         Ok(removed)
     }
+}
+
+#[async_trait]
+impl CacheStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, StoreError> {
+        self.shared.get(key).await
+    }
+
+    async fn put(&self, key: &CacheKey, entry: &Entry) -> Result<(), StoreError> {
+        self.shared.put(key, entry).await
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.shared.delete(key).await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.shared.health().await
+    }
+
+    async fn purge(&self, filter: &PurgeFilter) -> Result<u64, StoreError> {
+        self.shared.purge(filter).await
+    }
 
     /// Redis persists on its own terms; this refreshes the stats.
     async fn flush(&self) -> Result<(), StoreError> {
-        self.refresh_stats().await.map(drop)
+        self.shared.refresh_stats().await.map(drop)
     }
 
     fn stats(&self) -> StoreStats {
         StoreStats {
-            entries: self.entries.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+            entries: self.shared.entries.load(Ordering::Relaxed),
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -601,7 +653,7 @@ impl CacheStore for RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("url", &self.url)
+            .field("url", &self.shared.url)
             .field("stats", &self.stats())
             .finish()
     }

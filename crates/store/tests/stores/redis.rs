@@ -343,3 +343,27 @@ async fn the_guarded_store_fails_open_through_a_redis_restart() {
         Some(after)
     );
 }
+
+/// `stats()` is synchronous; a task owned by the store keeps it fresh without anyone
+/// calling `flush` or `health`.
+#[tokio::test]
+async fn stats_refresh_in_the_background() {
+    if !require_redis("stats_refresh_in_the_background") {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = clock();
+    let writer = store(&server.url(), &clock);
+    let keys = Keys::new();
+    for i in 0..5 {
+        let e = entry(clock.now_ms(), HOUR_MS, chat_body("bg"));
+        writer.put(&keys.key("bg", i), &e).await.unwrap();
+    }
+    let reader = store(&server.url(), &clock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reader.stats().entries < 5 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", reader.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reader.stats().bytes > 0);
+}
