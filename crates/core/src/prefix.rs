@@ -81,6 +81,22 @@ pub fn conversation_digest(route: Route, body: &Map<String, Value>) -> Option<[u
     Some(*sink.0.finalize().as_bytes())
 }
 
+/// BLAKE3 of a scope's text (own derivation context), computed without building the
+/// text; `None` when the route has no such part. Identifies e.g. a static prefix for a
+/// memo of facts about it.
+pub fn scope_digest(
+    route: Route,
+    body: &Map<String, Value>,
+    scope: PrefixScope,
+) -> Option<[u8; 32]> {
+    if scope != PrefixScope::Full && !has_conversation(route) {
+        return None;
+    }
+    let mut sink = HashSink(blake3::Hasher::new_derive_key("prefixcache scope text v1"));
+    let _ = render(route, body, scope, &mut sink);
+    Some(*sink.0.finalize().as_bytes())
+}
+
 /// The text of one scope; `None` when the route has no such part.
 pub fn scoped_text(route: Route, body: &Map<String, Value>, scope: PrefixScope) -> Option<String> {
     if scope != PrefixScope::Full && !has_conversation(route) {

@@ -6,15 +6,17 @@
 //! coalesced follower when the response it shared ends.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use prefixcache_core::key::{CacheKey, FamilyId};
+use prefixcache_core::prefix::{PrefixScope, count_prefix_tokens, scope_digest};
 use prefixcache_core::route::Route;
 use prefixcache_core::tokenizer::encoding_for_model;
 use prefixcache_core::usage::Usage;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use crate::metrics::{CacheableLabels, KindLabels, TokenLabels};
 use crate::reqlog::{Record, rfc3339_ms};
@@ -22,6 +24,9 @@ use crate::state::AppState;
 
 /// The provider caches prompts of at least this many tokens (OpenAI's documented floor).
 pub const PROVIDER_CACHE_MIN_TOKENS: usize = 1024;
+
+/// Distinct unpriced models logged; beyond this they are not logged again.
+const UNPRICED_LOGGED: usize = 1000;
 
 /// Memo entries of "is this static prefix long enough?" before it is cleared.
 const CACHEABLE_MEMO_ENTRIES: usize = 4096;
@@ -56,9 +61,9 @@ pub struct Ledger {
     pub family: Option<FamilyId>,
     /// The request body as sent, kept only while the request log is on.
     pub raw: Option<Bytes>,
-    /// Text of the request's static prefix (tools, instructions, system messages), kept
-    /// for forwarded requests to decide provider-cacheability off the request path.
-    pub static_text: Option<String>,
+    /// The parsed request, kept for forwarded requests so provider-cacheability is
+    /// decided off the request path, when the response ends.
+    pub request: Option<Arc<Map<String, Value>>>,
 }
 
 /// How one request ended, for its log line.
@@ -134,7 +139,17 @@ impl AppState {
     /// Dollars for `usage` on `model` under the pricing table; `None` when the model is
     /// not in the table (tokens are still counted).
     pub fn price(&self, model: &str, usage: &Usage) -> Option<f64> {
-        let _ = (model, usage);
+        if let Some(cost) = self.prices.cost(model, usage) {
+            return Some(cost.usd);
+        }
+        let mut unpriced = self.unpriced.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a caller inventing model names must not grow memory.
+        if unpriced.len() < UNPRICED_LOGGED && unpriced.insert(model.to_string()) {
+            tracing::warn!(
+                model,
+                "no price for this model: its tokens are counted, its dollars are not (add it under [pricing.models])"
+            );
+        }
         None
     }
 
@@ -145,20 +160,27 @@ impl AppState {
         if usage.prompt_tokens < PROVIDER_CACHE_MIN_TOKENS as u64 {
             return false;
         }
-        let Some(text) = &ledger.static_text else {
+        let Some(body) = &ledger.request else {
             return true;
         };
-        let digest = *blake3::hash(text.as_bytes()).as_bytes();
+        let Some(digest) = scope_digest(ledger.route, body, PrefixScope::Static) else {
+            // Routes without a static part (legacy completions): the prompt length decides.
+            return true;
+        };
         let memo = self.cacheable.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(known) = memo.get(&digest) {
             return *known;
         }
         drop(memo);
         // Counting stops at 1024 tokens, so a long static prefix costs no more.
-        let n = encoding_for_model(model)
-            .encoding
-            .encode_first(text, PROVIDER_CACHE_MIN_TOKENS)
-            .len();
+        let n = count_prefix_tokens(
+            ledger.route,
+            body,
+            PrefixScope::Static,
+            encoding_for_model(model).encoding,
+            false,
+            PROVIDER_CACHE_MIN_TOKENS,
+        );
         let cacheable = n >= PROVIDER_CACHE_MIN_TOKENS;
         let mut memo = self.cacheable.0.lock().unwrap_or_else(|p| p.into_inner());
         if memo.len() >= CACHEABLE_MEMO_ENTRIES {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use prefixcache_core::config::{KeyMode, PromptCacheKeyMode};
 use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys, hex};
-use prefixcache_core::prefix::{FamilyParams, PrefixScope, conversation_digest};
+use prefixcache_core::prefix::{FamilyParams, conversation_digest};
 use prefixcache_core::route::Route;
 use prefixcache_core::sse::{EventKind, SseSplitter, SseTail, StreamAssembler};
 use prefixcache_core::usage::Usage;
@@ -145,6 +145,7 @@ async fn handle_inner(
     let family = state
         .families
         .family(route, &body, &FamilyParams::for_strategy(strategy, model));
+    let warning = state.lint_request(&strategy.name, &family);
     let keys = compute_keys(&KeyInput {
         namespace: &namespace,
         strategy: &strategy.name,
@@ -170,6 +171,7 @@ async fn handle_inner(
     let labels = Labels {
         key: keys.key,
         family,
+        warning,
     };
     let mut ledger = Ledger {
         started,
@@ -179,7 +181,7 @@ async fn handle_inner(
         key: keys.key,
         family,
         raw: state.request_log.is_some().then(|| raw.clone()),
-        static_text: None,
+        request: None,
     };
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
@@ -240,7 +242,7 @@ async fn handle_inner(
         },
     )
     .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    ledger.static_text = prefixcache_core::prefix::scoped_text(route, &body, PrefixScope::Static);
+    ledger.request = Some(Arc::new(body));
     let outcome = if directives.no_cache || sampled_skip {
         Outcome::Bypass
     } else {
@@ -359,10 +361,12 @@ fn namespace_tag(ns: &prefixcache_core::key::Namespace) -> [u8; 8] {
 }
 
 /// The cache headers that identify an answer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Labels {
     key: CacheKey,
     family: Option<FamilyId>,
+    /// `x-prefixcache-warning`, when the prefix has findings.
+    warning: Option<HeaderValue>,
 }
 
 fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
@@ -374,6 +378,9 @@ fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
         && let Ok(v) = HeaderValue::from_str(&f.short_hex())
     {
         h.insert(headers::FAMILY, v);
+    }
+    if let Some(w) = &labels.warning {
+        h.insert(headers::WARNING, w.clone());
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`passthrough`]: every other route, forwarded unchanged.
 //! - [`reqlog`]: the request log (JSON lines, rotated by size).
 //! - [`upstream`]: the pooled upstream client and the forwarding rules.
+//! - [`warnings`]: live prefix warnings (lint rules on each request's prefix window).
 //! - [`tenant`]: callers' namespaces and the tenant secret.
 //! - [`headers`]: the contract's request and response headers.
 //! - [`admin`]: `/admin/stats` and `/admin/purge`.
@@ -31,6 +32,7 @@ pub mod reqlog;
 pub mod state;
 pub mod tenant;
 pub mod upstream;
+pub mod warnings;
 
 use std::future::Future;
 use std::time::Duration;
@@ -40,6 +42,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use prefixcache_core::route::Route;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -153,6 +156,14 @@ pub async fn serve(
         }
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // A response goes out in several writes (the head, then each streamed chunk): with
+    // Nagle's algorithm on, a write waits for the ACK of the previous one, which the
+    // client delays by up to 40 ms. Measured: a sequential 20 ms miss took 64 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let main = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
         signal.await;
         let _ = admin_stop_tx.send(());

@@ -1,12 +1,15 @@
 //! The state every handler shares: config, store, upstream client, in-flight responses,
 //! metrics, and the task tracker that owns every background task until shutdown.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prefixcache_core::config::Config;
 use prefixcache_core::key::{CacheKey, TenantSecret};
+use prefixcache_core::lint::WhitespaceDrift;
 use prefixcache_core::prefix::FamilyMemo;
+use prefixcache_core::pricing::PriceTable;
 use prefixcache_store::guard::GuardState;
 use prefixcache_store::{CacheStore, Clock, Entry, StoreError};
 use tokio_util::task::TaskTracker;
@@ -43,6 +46,14 @@ pub struct Inner {
     pub request_log: Option<RequestLog>,
     /// Which static prefixes are long enough for the provider's prompt cache.
     pub cacheable: CacheableMemo,
+    /// Prices of models (built-in table, then `[pricing]` file and inline models).
+    pub prices: PriceTable,
+    /// Models without a price, each logged once (bounded).
+    pub unpriced: Mutex<HashSet<String>>,
+    /// Detects prefixes that differ only in whitespace across requests of a strategy.
+    pub drift: WhitespaceDrift,
+    /// When each lint rule last wrote a log line (rate limit), in Unix ms.
+    pub lint_logged: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -66,6 +77,8 @@ impl std::ops::Deref for AppState {
 pub enum StateError {
     #[error("upstream client: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("pricing: {0}")]
+    Pricing(String),
     #[error("opening the request log {path}: {source}")]
     RequestLog {
         path: String,
@@ -83,6 +96,17 @@ impl AppState {
         tenant_secret: &str,
     ) -> Result<AppState, StateError> {
         let upstream = UpstreamClient::new(&config)?;
+        let pricing_file = match &config.pricing.file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| StateError::Pricing(format!("reading {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let prices = config
+            .pricing
+            .table(pricing_file.as_deref())
+            .map_err(|e| StateError::Pricing(e.to_string()))?;
         let request_log = match &config.log.path {
             Some(path) => Some(
                 RequestLog::open(path, config.log.max_bytes, config.log.keep).map_err(
@@ -112,6 +136,10 @@ impl AppState {
                 tasks: TaskTracker::new(),
                 request_log,
                 cacheable: CacheableMemo::default(),
+                prices,
+                unpriced: Mutex::new(HashSet::new()),
+                drift: WhitespaceDrift::default(),
+                lint_logged: Mutex::new(HashMap::new()),
                 config,
             }),
         })

@@ -1,0 +1,65 @@
+//! Live prefix warnings: each request's prefix window checked for content that cannot
+//! repeat and for whitespace drift against earlier requests of its strategy, reported
+//! in `x-prefixcache-warning`, `lint_findings_total{rule}` and a rate-limited log line.
+
+use axum::http::HeaderValue;
+use prefixcache_core::lint::{self, Finding, Severity};
+use prefixcache_core::prefix::Family;
+
+use crate::metrics::RuleLabels;
+use crate::state::AppState;
+
+/// At most one log line per rule per this many milliseconds.
+const LOG_EVERY_MS: u64 = 10_000;
+
+impl AppState {
+    /// Checks one request's family window; returns the warning header value, if any.
+    /// Costs microseconds: only the first `prefix_granularity` tokens are examined.
+    pub fn lint_request(&self, strategy: &str, family: &Family) -> Option<HeaderValue> {
+        let mut findings = lint::dynamic_prefix(family);
+        if let Some(f) = self.drift.observe(strategy, family) {
+            findings.push(f);
+        }
+        if findings.is_empty() {
+            return None;
+        }
+        for f in &findings {
+            self.metrics
+                .lint_findings
+                .get_or_create(&RuleLabels {
+                    rule: f.rule.as_str(),
+                })
+                .inc();
+            self.log_finding(strategy, f);
+        }
+        findings.retain(|f| f.severity >= Severity::Warning);
+        let value = lint::header_value(&findings);
+        if value.is_empty() {
+            return None;
+        }
+        HeaderValue::from_str(&value).ok()
+    }
+
+    /// One line per rule per [`LOG_EVERY_MS`]: the strategy and where in the prefix,
+    /// never the prompt text.
+    fn log_finding(&self, strategy: &str, f: &Finding) {
+        let now = self.now_ms();
+        {
+            let mut last = self.lint_logged.lock().unwrap_or_else(|p| p.into_inner());
+            let at = last.entry(f.rule.as_str()).or_insert(0);
+            if *at != 0 && now.saturating_sub(*at) < LOG_EVERY_MS {
+                return;
+            }
+            *at = now.max(1);
+        }
+        tracing::warn!(
+            strategy,
+            rule = f.rule.as_str(),
+            kind = f.kind,
+            severity = f.severity.as_str(),
+            tokens = %format!("{}..{}", f.token_span.start, f.token_span.end),
+            fix = f.fix,
+            "prompt prefix will lower the cache hit rate"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Metrics after a scripted sequence (issue 5): a miss, a hit, coalesced requests, a
+//! store failure and an upstream 500, with exact counter deltas and dollar sums.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Harness, Reply, Setup, chat_body};
+use prefixcache_core::key::CacheKey;
+use prefixcache_core::pricing::PriceTable;
+use prefixcache_mock::{Latency, MockConfig};
+use prefixcache_store::memory::MemoryStore;
+use prefixcache_store::{
+    CacheStore, Clock, Entry, ManualClock, PurgeFilter, StoreError, StoreStats,
+};
+use serde_json::{Value, json};
+
+/// A memory store that fails every operation while `broken` is set.
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(StoreError::Unavailable("down for the test".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl CacheStore for Flaky {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn get(&self, k: &CacheKey) -> Result<Option<Entry>, StoreError> {
+        self.check()?;
+        self.inner.get(k).await
+    }
+    async fn put(&self, k: &CacheKey, e: &Entry) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put(k, e).await
+    }
+    async fn delete(&self, k: &CacheKey) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete(k).await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        self.check()
+    }
+    async fn purge(&self, f: &PurgeFilter) -> Result<u64, StoreError> {
+        self.inner.purge(f).await
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+}
+
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Dollars of one usage object at gpt-4o-mini's prices, computed here from the rates.
+fn dollars(usage: &Value) -> f64 {
+    let (_, price) = PriceTable::builtin().lookup("gpt-4o-mini").unwrap();
+    let r = &price.base;
+    let prompt = usage["prompt_tokens"].as_f64().unwrap();
+    let cached = usage["prompt_tokens_details"]["cached_tokens"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let completion = usage["completion_tokens"].as_f64().unwrap();
+    ((prompt - cached) * r.input + cached * r.cached_input + completion * r.output) / 1e6
+}
+
+#[tokio::test]
+async fn scripted_sequence_gives_exact_deltas() {
+    let clock = ManualClock::new(1_800_000_000_000);
+    let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(64 << 20, clock_dyn),
+        broken: false.into(),
+    });
+    let mock = MockConfig {
+        latency: Latency::Fixed(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let h = Harness::start(
+        Setup::default()
+            .mock(mock)
+            .clock(clock)
+            .store(store.clone()),
+    )
+    .await;
+
+    // 1 miss, then 1 hit.
+    let miss = h.chat(&chat_body("metered")).await;
+    h.settle().await;
+    assert_eq!(h.chat(&chat_body("metered")).await.cache(), "HIT");
+    // 3 identical concurrent requests: 1 miss + 2 coalesced.
+    let body = chat_body("metered together");
+    let replies = futures_util::future::join_all((0..3).map(|_| {
+        let req = h.post("/v1/chat/completions").json(&body);
+        async move { Reply::read(req.send().await.unwrap()).await }
+    }))
+    .await;
+    let together = replies.iter().find(|r| r.cache() == "MISS").unwrap();
+    assert_eq!(
+        replies.iter().filter(|r| r.cache() == "COALESCED").count(),
+        2
+    );
+    h.settle().await;
+    // The store goes down: a miss served from upstream, the lookup and the write fail.
+    store
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let during = h.chat(&chat_body("store is down")).await;
+    assert_eq!((during.status, during.cache()), (200, "MISS"));
+    h.settle().await;
+    store
+        .broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // An upstream 500.
+    let mut failing = chat_body("upstream fails");
+    failing["model"] = json!("mock-error-500");
+    assert_eq!(h.chat(&failing).await.status, 500);
+    h.settle().await;
+
+    let m = h
+        .client
+        .get(format!("{}/metrics", h.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let req = "prefixcache_requests_total";
+    assert_eq!(sample(&m, req, &[("status", "miss")]), 4.0, "{m}");
+    assert_eq!(sample(&m, req, &[("status", "hit")]), 1.0);
+    assert_eq!(sample(&m, req, &[("status", "coalesced")]), 2.0);
+    assert_eq!(sample(&m, "prefixcache_coalesced_total", &[]), 2.0);
+    assert_eq!(
+        sample(&m, "prefixcache_upstream_errors_total", &[("code", "500")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "prefixcache_store_operations_total",
+            &[("op", "get"), ("result", "unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "prefixcache_store_operations_total",
+            &[("op", "put"), ("result", "unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "prefixcache_store_operations_total",
+            &[("op", "get"), ("result", "hit")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "prefixcache_request_duration_seconds_count",
+            &[("status", "hit")]
+        ),
+        1.0
+    );
+
+    // Dollars: three paid calls (the 500 has no usage), and three answers that cost
+    // nothing (one hit, two coalesced), each saving what its original call cost.
+    let spent = dollars(&miss.json()["usage"])
+        + dollars(&together.json()["usage"])
+        + dollars(&during.json()["usage"]);
+    let saved = dollars(&miss.json()["usage"]) + 2.0 * dollars(&together.json()["usage"]);
+    let got_spent = sample(&m, "prefixcache_cost_usd_total", &[("kind", "spent")]);
+    let got_saved = sample(&m, "prefixcache_cost_usd_total", &[("kind", "saved")]);
+    assert!(
+        (got_spent - spent).abs() < 1e-12,
+        "spent {got_spent} != {spent}"
+    );
+    assert!(
+        (got_saved - saved).abs() < 1e-12,
+        "saved {got_saved} != {saved}"
+    );
+    let prompt_cache = sample(
+        &m,
+        "prefixcache_tokens_total",
+        &[("kind", "prompt"), ("source", "cache")],
+    );
+    let expected = miss.json()["usage"]["prompt_tokens"].as_f64().unwrap()
+        + 2.0 * together.json()["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert_eq!(prompt_cache, expected);
+}
