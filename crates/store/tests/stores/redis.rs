@@ -367,3 +367,70 @@ async fn stats_refresh_in_the_background() {
     }
     assert!(reader.stats().bytes > 0);
 }
+
+/// What `open` builds for `kind = "redis"` through an outage: the guard sits around Redis
+/// only, so memory hits keep being served while Redis is dead, misses fail fast, and
+/// after a restart the store is shared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_keeps_memory_hits_and_recovers() {
+    if !require_redis("a_redis_outage_keeps_memory_hits_and_recovers") {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let clock = clock();
+    let mut config = Config::defaults().store;
+    config.kind = StoreKind::Redis;
+    config.redis_url = server.url();
+    config.memory_ttl = Duration::from_secs(600);
+    config.timeout = Duration::from_secs(2);
+    let opened = open(&config, Arc::new(clock.clone())).await.unwrap();
+    let store = opened.store.clone();
+    let keys = Keys::new();
+    for i in 0..50 {
+        let e = entry(clock.now_ms(), HOUR_MS, chat_body(&format!("hot{i}")));
+        store.put(&keys.key("hot", i), &e).await.unwrap();
+    }
+
+    server.kill();
+    for i in 0..50 {
+        let got = store.get(&keys.key("hot", i)).await.unwrap();
+        assert_eq!(
+            got.unwrap().body,
+            chat_body(&format!("hot{i}")),
+            "memory hit {i}"
+        );
+    }
+    for i in 0..20 {
+        match store.get(&keys.key("cold", i)).await {
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::CircuitOpen) => {}
+            other => panic!("a miss during the outage must be a store error, got {other:?}"),
+        }
+    }
+    assert!(opened.guard.is_degraded(), "{:?}", opened.guard.snapshot());
+    // A put during the outage reports the failure but still serves from memory.
+    let during = entry(clock.now_ms(), HOUR_MS, chat_body("during"));
+    assert!(store.put(&keys.key("during", 0), &during).await.is_err());
+    assert_eq!(
+        store.get(&keys.key("during", 0)).await.unwrap(),
+        Some(during)
+    );
+
+    server.restart();
+    let after = entry(clock.now_ms(), HOUR_MS, chat_body("after"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.put(&keys.key("after", 0), &after).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            opened.guard.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!opened.guard.is_degraded());
+    // Shared again: another replica sees the entry written after the restart.
+    let other = open(&config, Arc::new(clock.clone())).await.unwrap();
+    assert_eq!(
+        other.store.get(&keys.key("after", 0)).await.unwrap(),
+        Some(after)
+    );
+}
