@@ -164,7 +164,12 @@ impl WhitespaceDrift {
     /// (A strategy with `normalize_whitespace = true` has normalized windows: nothing to
     /// find, and the proxy need not call this.)
     pub fn observe(&self, strategy: &str, family: &Family) -> Option<Finding> {
-        let text = &family.text[..family.prefix_bytes.min(family.text.len())];
+        // The last token may end inside a character: stop before that character.
+        let mut end = family.prefix_bytes.min(family.text.len());
+        while !family.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &family.text[..end];
         let mut f = self.observe_text(strategy, text)?;
         f.token_span =
             TokenOffsets::new(family.encoding, &family.tokens).token_span(f.span.clone());
@@ -406,6 +411,27 @@ mod tests {
             "{:?}",
             f.token_span
         );
+    }
+
+    #[test]
+    fn a_window_ending_inside_a_character_does_not_panic() {
+        // Regression: the family's last token ends inside "é"; slicing there panicked.
+        let enc = Encoding::O200kBase;
+        let text = "a 🦀🧬🪐 龘靐 ".repeat(40);
+        let mut checked = 0;
+        for granularity in 5..80 {
+            let mut params = FamilyParams::new(enc);
+            params.granularity = granularity;
+            let fam = Family::of_text(&text, &params);
+            if fam.text.is_char_boundary(fam.prefix_bytes) {
+                continue;
+            }
+            checked += 1;
+            let d = WhitespaceDrift::new(16);
+            assert!(d.observe("s", &fam).is_none());
+            let _ = crate::lint::dynamic_prefix(&fam);
+        }
+        assert!(checked > 0, "no window ended inside a character");
     }
 
     #[test]
