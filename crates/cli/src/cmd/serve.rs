@@ -120,11 +120,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // store's shared one (Redis), else one generated into the data dir.
     let secret = match &config.cache.tenant_secret {
         Some(s) => s.clone(),
-        None => match opened
-            .shared_secret()
-            .await
-            .context("agreeing on a tenant secret through the store")?
-        {
+        None => match shared_secret(&opened).await? {
             Some(s) => s,
             None => prefixcache_proxy::tenant::load_or_create_secret(&config.store.data_dir)
                 .with_context(|| {
@@ -164,6 +160,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     prefixcache_proxy::serve(state, listener, admin_listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The tenant secret the store's replicas agree on (Redis), if the store has one. Redis
+/// may still be starting next to us, so this retries for a while; a secret cannot be
+/// invented locally, since other replicas would not share it.
+async fn shared_secret(opened: &prefixcache_store::OpenedStore) -> anyhow::Result<Option<String>> {
+    let mut wait = std::time::Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match opened.shared_secret().await {
+            Ok(secret) => return Ok(secret),
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "cannot reach the store to agree on a tenant secret; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot agree on a tenant secret through the store ({e}); set cache.tenant_secret \
+                     (PREFIXCACHE_CACHE_TENANT_SECRET) to the same value on every replica to start \
+                     while the store is down"
+                ));
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

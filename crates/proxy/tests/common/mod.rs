@@ -126,6 +126,13 @@ impl Harness {
         }
     }
 
+    /// Sends SIGTERM's equivalent without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// Sends SIGTERM's equivalent and waits for the drain to finish.
     pub async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
