@@ -1,0 +1,145 @@
+//! Cost of a canonical cache key by request size (1 KiB to 1 MiB): the JSON parse the
+//! proxy does once per request, `compute_keys` on the parsed body (canonical
+//! serialization + two BLAKE3 hashes), both together (what a request pays before its
+//! store lookup), and `compute_keys` with whitespace normalization. Two body shapes: a
+//! document (one long user message, the article's `document_analysis`) and a
+//! conversation (many short turns: many small strings and objects to sort and escape).
+//!
+//! `cargo bench -p prefixcache-core --bench keys`; results in docs/BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use prefixcache_core::config::KeyMode;
+use prefixcache_core::key::{FamilyId, KeyInput, Namespace, TenantSecret, compute_keys};
+use prefixcache_core::route::Route;
+use serde_json::{Map, Value, json};
+
+const SYSTEM: &str = "You are a document analyzer for Acme Corp. Read the document the user \
+    provides, identify its type (contract, invoice, report or letter), extract the parties, \
+    dates and amounts, and answer in JSON with the keys type, parties, dates and amounts. \
+    Never invent values that are not in the document.";
+
+const PARAGRAPH: &str = "The parties agree that the supplier shall deliver the goods described \
+    in Schedule A no later than thirty (30) days after the purchase order date, and that \
+    title passes on delivery. Invoices are payable within 45 days; late payments accrue \
+    interest at 1.5% per month.\n\n";
+
+const SIZES: [(usize, &str); 5] = [
+    (1 << 10, "1KiB"),
+    (10 << 10, "10KiB"),
+    (100 << 10, "100KiB"),
+    (500 << 10, "500KiB"),
+    (1 << 20, "1MiB"),
+];
+
+fn envelope(messages: Vec<Value>) -> Value {
+    json!({
+        "model": "gpt-4o",
+        "temperature": 0.7,
+        "max_tokens": 512,
+        "stream": false,
+        "user": "bench",
+        "tools": [{"type": "function", "function": {"name": "lookup_party",
+            "description": "Look up a company by name",
+            "parameters": {"type": "object", "properties": {"name": {"type": "string"}},
+                "required": ["name"]}}}],
+        "messages": messages,
+    })
+}
+
+/// One long user message: a body of about `size` bytes.
+fn document(size: usize) -> Vec<u8> {
+    let mut doc = String::with_capacity(size);
+    while doc.len() + PARAGRAPH.len() < size.saturating_sub(SYSTEM.len() + 420) {
+        doc.push_str(PARAGRAPH);
+    }
+    let body = envelope(vec![
+        json!({"role": "system", "content": SYSTEM}),
+        json!({"role": "user", "content": format!("Document:\n{doc}")}),
+    ]);
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Many short turns: a body of about `size` bytes.
+fn conversation(size: usize) -> Vec<u8> {
+    let mut messages = vec![json!({"role": "system", "content": SYSTEM})];
+    let mut len = SYSTEM.len() + 420;
+    let mut turn = 0usize;
+    while len < size.saturating_sub(120) {
+        let (role, content) = if turn.is_multiple_of(2) {
+            (
+                "user",
+                format!("Question {turn}: what does clause {turn} say about late payment?"),
+            )
+        } else {
+            (
+                "assistant",
+                format!("Clause {turn} says invoices are payable within 45 days."),
+            )
+        };
+        len += content.len() + 34;
+        messages.push(json!({"role": role, "content": content}));
+        turn += 1;
+    }
+    serde_json::to_vec(&envelope(messages)).unwrap_or_default()
+}
+
+fn parse(raw: &[u8]) -> Map<String, Value> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn keys(c: &mut Criterion) {
+    let ns = Namespace::for_credential(&TenantSecret::from_text("bench secret"), &[b"Bearer sk-x"]);
+    let family = FamilyId([7; 32]);
+    let input = |body: &Map<String, Value>, normalize: bool| {
+        let input = KeyInput {
+            namespace: &ns,
+            strategy: "default",
+            route: Route::ChatCompletions,
+            body,
+            key_mode: KeyMode::Exact,
+            family: Some(&family),
+            normalize_whitespace: normalize,
+        };
+        compute_keys(&input)
+    };
+    for (shape, make) in [
+        ("document", document as fn(usize) -> Vec<u8>),
+        ("conversation", conversation),
+    ] {
+        let mut g = c.benchmark_group(format!("keys/{shape}"));
+        g.sample_size(30);
+        g.warm_up_time(Duration::from_secs(1));
+        g.measurement_time(Duration::from_secs(3));
+        for (size, label) in SIZES {
+            let raw = make(size);
+            let body = parse(&raw);
+            g.throughput(Throughput::Bytes(raw.len() as u64));
+            g.bench_with_input(BenchmarkId::new("parse", label), &raw, |b, raw| {
+                b.iter(|| black_box(parse(black_box(raw))))
+            });
+            g.bench_with_input(BenchmarkId::new("compute_keys", label), &body, |b, body| {
+                b.iter(|| black_box(input(black_box(body), false)))
+            });
+            g.bench_with_input(
+                BenchmarkId::new("parse+compute_keys", label),
+                &raw,
+                |b, raw| b.iter(|| black_box(input(&parse(black_box(raw)), false))),
+            );
+            g.bench_with_input(
+                BenchmarkId::new("compute_keys_normalized", label),
+                &body,
+                |b, body| b.iter(|| black_box(input(black_box(body), true))),
+            );
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, keys);
+criterion_main!(benches);
