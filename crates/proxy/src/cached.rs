@@ -145,7 +145,7 @@ async fn handle_inner(
     let family = state
         .families
         .family(route, &body, &FamilyParams::for_strategy(strategy, model));
-    let warning = state.lint_request(&strategy.name, &family);
+    let warning = state.lint_request(strategy, &family);
     let keys = compute_keys(&KeyInput {
         namespace: &namespace,
         strategy: &strategy.name,
@@ -269,10 +269,13 @@ async fn handle_inner(
         ledger: ledger.clone(),
     });
 
+    // Flights are joined by identical requests, so they are keyed by the full request
+    // hash: in `prefix` key mode, different requests share one slot key.
+    let flight_key = CacheKey(keys.request_hash.0);
     if lookup && store_allowed {
-        match state.flights.join_or_lead(keys.key) {
+        match state.flights.join_or_lead(flight_key) {
             Joined::Leader(flight) => {
-                start_flight(state, flight.clone(), plan, Some(keys.key));
+                start_flight(state, flight.clone(), plan, Some(flight_key));
                 ctx.outcome = Some(outcome);
                 return respond_live(flight, want, outcome, &labels).await;
             }
@@ -288,7 +291,7 @@ async fn handle_inner(
     }
 
     let (flight, registered) = if store_allowed {
-        (state.flights.lead(keys.key), Some(keys.key))
+        (state.flights.lead(flight_key), Some(flight_key))
     } else {
         (Flight::new(), None)
     };

@@ -3,6 +3,7 @@
 //! in `x-prefixcache-warning`, `lint_findings_total{rule}` and a rate-limited log line.
 
 use axum::http::HeaderValue;
+use prefixcache_core::config::Strategy;
 use prefixcache_core::lint::{self, Finding, Severity};
 use prefixcache_core::prefix::Family;
 
@@ -15,11 +16,15 @@ const LOG_EVERY_MS: u64 = 10_000;
 impl AppState {
     /// Checks one request's family window; returns the warning header value, if any.
     /// Costs microseconds: only the first `prefix_granularity` tokens are examined.
-    pub fn lint_request(&self, strategy: &str, family: &Family) -> Option<HeaderValue> {
+    pub fn lint_request(&self, strategy: &Strategy, family: &Family) -> Option<HeaderValue> {
         let mut findings = lint::dynamic_prefix(family);
-        if let Some(f) = self.drift.observe(strategy, family) {
+        // With normalize_whitespace the family ignores whitespace, so drift costs no hits.
+        if !strategy.normalize_whitespace
+            && let Some(f) = self.drift.observe(&strategy.name, family)
+        {
             findings.push(f);
         }
+        let strategy = strategy.name.as_str();
         if findings.is_empty() {
             return None;
         }

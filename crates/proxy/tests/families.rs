@@ -106,3 +106,34 @@ async fn normalize_whitespace_merges_families_and_keys_but_forwards_the_original
         "the request sent upstream is never altered"
     );
 }
+
+#[tokio::test]
+async fn prefix_mode_never_coalesces_different_requests_of_one_family() {
+    let mock = prefixcache_mock::MockConfig {
+        latency: prefixcache_mock::Latency::Fixed(std::time::Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let h = Harness::start(
+        Setup::default()
+            .mock(mock)
+            .toml("[strategies.default]\nkey_mode = \"prefix\""),
+    )
+    .await;
+    let (alpha, beta) = (
+        doc(SYSTEM, "Document: alpha"),
+        doc(SYSTEM, "Document: beta"),
+    );
+    let (a, b) = tokio::join!(h.chat(&alpha), h.chat(&beta));
+    assert_eq!(
+        a.header("x-prefixcache-key"),
+        b.header("x-prefixcache-key"),
+        "one slot"
+    );
+    assert_eq!((a.cache(), b.cache()), ("MISS", "MISS"));
+    assert_ne!(
+        a.content(),
+        b.content(),
+        "each got the answer to its own request"
+    );
+    assert_eq!(h.upstream_calls(), 2);
+}
