@@ -85,6 +85,11 @@ def row(scn, run, rps=None, avg=None, p50=None, p99=None, vs="", notes=""):
     rows.append([scn, run, f(rps, 0), f(avg), f(p50), f(p99), vs, notes])
 
 
+def share(x):
+    """A ratio as a percentage, with a decimal when it is small."""
+    return f"{x:.0%}" if x >= 0.095 else f"{x:.1%}"
+
+
 def mark(ok):
     return "met" if ok else "MISSED"
 
@@ -102,7 +107,7 @@ def oha_row(scn, run, name, base=None, expect_hits=False):
             notes.append(f"hits {h}/{r['total']}")
     vs = ""
     if base and base.get("rps"):
-        vs = f"{r['rps'] / base['rps']:.0%} of bare"
+        vs = f"{share(r['rps'] / base['rps'])} of bare"
     row(scn, run, r["rps"], r["avg"], r["p50"], r["p99"], vs, "; ".join(notes))
     return r
 
@@ -136,7 +141,7 @@ for conc in ("c50", "c1"):
 d0 = oha_row("2", "mock direct, 0 ms, c=50", "s2-direct-0ms-c50")
 p0 = oha("s2-proxy-0ms-c50")
 if p0:
-    vs = f"{p0['rps'] / d0['rps']:.0%} of upstream" if d0 else ""
+    vs = f"{share(p0['rps'] / d0['rps'])} of upstream" if d0 else ""
     row("2", "proxy no-cache, 0 ms, c=50", p0["rps"], p0["avg"], p0["p50"], p0["p99"], vs,
         f"{p0['bad']} failed" if p0["bad"] else "")
     if d0:
@@ -203,6 +208,12 @@ for when in ("before", "after"):
         notes += f"; errors {d['errors']}"
     row("5", f"article {when}: {'direct' if when == 'before' else 'through prefixcache'}",
         d["requests"] / d["wall_s"], lat["avg_ms"], lat["p50_ms"], lat["p99_ms"], "", notes)
+if art:
+    d = next(iter(art.values()))
+    pr = d.get("prices_per_million", {})
+    checks.append("5: dollars from each response's usage at {}'s prices in core::pricing: ${} input, ${} cached "
+                  "input, ${} output per million tokens; HIT and COALESCED answers cost nothing".format(
+                      d.get("priced_as", "?"), pr.get("input"), pr.get("cached_input"), pr.get("output")))
 if len(art) == 2:
     b, a = art["before"], art["after"]
     checks.append(
@@ -244,7 +255,7 @@ l0 = oha("s6-litellm-0ms-c50")
 if l0:
     d0 = oha("s2-direct-0ms-c50")
     row("6", "LiteLLM no-cache, 0 ms, c=50", l0["rps"], l0["avg"], l0["p50"], l0["p99"],
-        f"{l0['rps'] / d0['rps']:.0%} of upstream" if d0 else "", f"{l0['bad']} failed" if l0["bad"] else "")
+        f"{share(l0['rps'] / d0['rps'])} of upstream" if d0 else "", f"{l0['bad']} failed" if l0["bad"] else "")
 try:
     rss = int(open(path("s6-litellm-rss-kib")).read())
     row("6", "LiteLLM RSS (all processes)", notes=f"{rss / 1024:.0f} MiB after the runs")

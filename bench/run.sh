@@ -137,7 +137,7 @@ start() {
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
     for _ in $(seq 600); do
-        if [[ $(grep -Eo "$pattern" "$OUT/$name.log" | head -1) =~ $pattern ]]; then
+        if [[ $(grep -Eo "$pattern" "$OUT/$name.log" 2>/dev/null | head -1) =~ $pattern ]]; then
             STARTED_URL="${BASH_REMATCH[1]}"
             return 0
         fi
@@ -249,6 +249,11 @@ log "results in $OUT"
 # The mock every scenario but the article's uses: 0 ms, no pacing.
 start_mock mock
 MOCK0="$MOCK_URL"
+# The same mock answering after a fixed 20 ms: the miss-path scenarios (2, 6).
+if want miss || want peers; then
+    start_mock mock-20ms --latency "$MISS_LATENCY"
+    MOCK20="$MOCK_URL"
+fi
 CHAT=/v1/chat/completions
 
 # --- 1. hit path vs the machine's limit ---------------------------------------------------
@@ -271,16 +276,18 @@ fi
 
 # --- 2. miss path overhead ------------------------------------------------------------------
 if want miss; then
-    start_proxy proxy-miss "$MOCK0" memory
-    note s2 "sample status with Cache-Control: no-cache: $(sample_status "$PROXY_URL$CHAT" "$OUT/chat.json" -H 'cache-control: no-cache')"
-    # Fixed upstream latency (the mock's per-request header, forwarded by the proxy).
-    lat=(-H "x-mock-latency: $MISS_LATENCY")
     nc=(-H 'cache-control: no-cache')
-    oha_run s2-direct-20ms-c50 "$MOCK0$CHAT" "$MISS_N" "$CONC" -D "$OUT/chat.json" "${lat[@]}"
-    oha_run s2-proxy-20ms-c50 "$PROXY_URL$CHAT" "$MISS_N" "$CONC" -D "$OUT/chat.json" "${lat[@]}" "${nc[@]}"
-    oha_run s2-direct-20ms-c1 "$MOCK0$CHAT" "$MISS_SEQ_N" 1 -D "$OUT/chat.json" "${lat[@]}"
-    oha_run s2-proxy-20ms-c1 "$PROXY_URL$CHAT" "$MISS_SEQ_N" 1 -D "$OUT/chat.json" "${lat[@]}" "${nc[@]}"
+    # A fixed upstream latency of 20 ms.
+    start_proxy proxy-miss-20ms "$MOCK20" memory
+    note s2 "sample status with Cache-Control: no-cache: $(sample_status "$PROXY_URL$CHAT" "$OUT/chat.json" "${nc[@]}")"
+    oha_run s2-direct-20ms-c50 "$MOCK20$CHAT" "$MISS_N" "$CONC" -D "$OUT/chat.json"
+    oha_run s2-proxy-20ms-c50 "$PROXY_URL$CHAT" "$MISS_N" "$CONC" -D "$OUT/chat.json" "${nc[@]}"
+    oha_run s2-direct-20ms-c1 "$MOCK20$CHAT" "$MISS_SEQ_N" 1 -D "$OUT/chat.json"
+    oha_run s2-proxy-20ms-c1 "$PROXY_URL$CHAT" "$MISS_SEQ_N" 1 -D "$OUT/chat.json" "${nc[@]}"
+    stop "$PROXY_PID"
     # Throughput of the miss path at 0 ms upstream latency against the upstream's own.
+    start_proxy proxy-miss-0ms "$MOCK0" memory
+    sample_status "$PROXY_URL$CHAT" "$OUT/chat.json" "${nc[@]}" >/dev/null
     oha_run s2-direct-0ms-c50 "$MOCK0$CHAT" "$HIT_N" "$CONC" -D "$OUT/chat.json"
     metrics "$PROXY_URL" s2-proxy-0ms-c50.before
     oha_run s2-proxy-0ms-c50 "$PROXY_URL$CHAT" "$HIT_N" "$CONC" -D "$OUT/chat.json" "${nc[@]}"
@@ -344,7 +351,7 @@ if want article; then
     curl -sS "$MOCK_URL/mock/stats" >"$OUT/s5-mock-stats.json"
     stop "$PROXY_PID"
     stop "$MOCK_PID"
-    note s5 "latency $ARTICLE_LATENCY; prices: gpt-4o \$2.50 input, \$1.25 cached input, \$10.00 output per 1M tokens (OpenAI pricing page)"
+    note s5 "mock latency $ARTICLE_LATENCY; $ARTICLE_N requests at concurrency $CONC"
 fi
 
 # --- memory -------------------------------------------------------------------------------------------
@@ -374,6 +381,7 @@ if want peers; then
     if [[ -x "$VENV/bin/litellm" && -n "$REDIS_SERVER" ]]; then
         start_redis
         port="$(free_port)"
+        # Two routes to the same mock model: at 0 ms and at 20 ms.
         cat >"$WORK/litellm.yaml" <<EOF
 model_list:
   - model_name: gpt-4o-mini
@@ -381,34 +389,52 @@ model_list:
       model: openai/gpt-4o-mini
       api_base: $MOCK0/v1
       api_key: sk-bench
+  - model_name: bench-20ms
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: $MOCK20/v1
+      api_key: sk-bench
 litellm_settings:
   cache: true
   cache_params:
     type: redis
     host: 127.0.0.1
     port: $REDIS_PORT
+general_settings:
+  # No master key: like prefixcache, it passes callers' keys through. LiteLLM 1.108
+  # refuses to start without a master key unless told this is deliberate.
+  dangerously_permit_weak_or_unset_master_key: true
 EOF
         cp "$WORK/litellm.yaml" "$OUT/litellm.yaml"
-        if start litellm "(Uvicorn running on http://[0-9.:]+)" env -u OPENAI_API_KEY \
-            LITELLM_LOG=ERROR "$VENV/bin/litellm" --config "$WORK/litellm.yaml" \
-            --host 127.0.0.1 --port "$port" --num_workers 2; then
-            LITELLM_URL="http://127.0.0.1:$port"
+        # LiteLLM prints no reliable ready line at LITELLM_LOG=ERROR: poll its liveness route.
+        env -u OPENAI_API_KEY LITELLM_LOG=ERROR "$VENV/bin/litellm" --config "$WORK/litellm.yaml" \
+            --host 127.0.0.1 --port "$port" --num_workers 2 >"$OUT/litellm.log" 2>&1 &
+        LITELLM_PID=$!
+        PIDS+=("$LITELLM_PID")
+        LITELLM_URL="http://127.0.0.1:$port"
+        ready=0
+        for _ in $(seq 240); do
+            if curl -sf -o /dev/null "$LITELLM_URL/health/liveliness"; then ready=1; break; fi
+            kill -0 "$LITELLM_PID" 2>/dev/null || break
+            sleep 0.5
+        done
+        if [[ $ready == 1 ]]; then
             curl -sS -o /dev/null "${HDR[@]}" --data-binary "@$OUT/chat.json" "$LITELLM_URL$CHAT"
             sleep 1
             oha_run s6-litellm-hit "$LITELLM_URL$CHAT" "$PEER_HIT_N" "$CONC" -D "$OUT/chat.json"
             # No cache: LiteLLM's per-request control is a `cache` object in the body.
-            python3 -c 'import json,sys; b=json.load(open(sys.argv[1])); b["cache"]={"no-cache": True}; print(json.dumps(b))' \
-                "$OUT/chat.json" >"$OUT/chat-litellm-nocache.json"
+            python3 -c 'import json,sys; b=json.load(open(sys.argv[1])); b["cache"]={"no-cache": True}; print(json.dumps(b)); b["model"]="bench-20ms"; open(sys.argv[2],"w").write(json.dumps(b))' \
+                "$OUT/chat.json" "$OUT/chat-litellm-nocache-20ms.json" >"$OUT/chat-litellm-nocache.json"
             oha_run s6-litellm-20ms-c50 "$LITELLM_URL$CHAT" "$PEER_MISS_N" "$CONC" \
-                -D "$OUT/chat-litellm-nocache.json" -H "x-mock-latency: $MISS_LATENCY"
+                -D "$OUT/chat-litellm-nocache-20ms.json"
             oha_run s6-litellm-0ms-c50 "$LITELLM_URL$CHAT" "$PEER_MISS_N" "$CONC" \
                 -D "$OUT/chat-litellm-nocache.json"
-            ps -o rss= -p "$STARTED_PID" --ppid "$STARTED_PID" | awk '{s+=$1} END {print s}' \
+            ps -o rss= -p "$LITELLM_PID" --ppid "$LITELLM_PID" | awk '{s+=$1} END {print s}' \
                 >"$OUT/s6-litellm-rss-kib" || true
-            stop "$STARTED_PID"
         else
-            note s6 "skipped: litellm did not start (see litellm.log)"
+            note s6 "skipped: litellm did not answer /health/liveliness within 120 s (see litellm.log)"
         fi
+        stop "$LITELLM_PID"
         stop "$REDIS_PID"
     fi
 fi

@@ -7,7 +7,7 @@
 //! bench_client ttfb --target direct=URL --target proxy=URL --mode miss|hit [--requests N]
 //!                   [--chunk-delay 1ms]
 //! bench_client mix  --url URL [--requests 10000] [--concurrency 50] [--docs N] [--zipf 1.1]
-//!                   [--seed 7] [--price-input 2.50] [--price-cached 1.25] [--price-output 10.00]
+//!                   [--seed 7] [--model gpt-4o]
 //! bench_client fill --url URL --pid PID [--requests 1500] [--concurrency 16] [--inputs 8]
 //! ```
 //!
@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prefixcache_core::pricing::PriceTable;
+use prefixcache_core::usage::Usage;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -433,14 +435,6 @@ impl Zipf {
     }
 }
 
-/// Per-million-token prices in dollars.
-#[derive(Clone, Copy)]
-struct Prices {
-    input: f64,
-    cached: f64,
-    output: f64,
-}
-
 struct MixResult {
     latency: Duration,
     status: String,
@@ -459,12 +453,12 @@ async fn mix(flags: &Flags) -> Result<String, Error> {
     let docs: usize = flags.num("docs", (total / 5).max(1))?;
     let s: f64 = flags.num("zipf", 1.1)?;
     let seed: u64 = flags.num("seed", 7)?;
-    let prices = Prices {
-        input: flags.num("price-input", 2.50)?,
-        cached: flags.num("price-cached", 1.25)?,
-        output: flags.num("price-output", 10.00)?,
-    };
     let model = flags.str("model").unwrap_or("gpt-4o").to_string();
+    // Dollars as the proxy counts them: the project's price table (core::pricing).
+    let (priced_as, price) = PriceTable::builtin()
+        .lookup(&model)
+        .ok_or_else(|| format!("--model {model:?} is not in the price table"))?;
+    let rates = &price.base;
 
     // The request sequence: template by share, document by Zipf within it.
     let zipf = Zipf::new(docs, s);
@@ -538,10 +532,14 @@ async fn mix(flags: &Flags) -> Result<String, Error> {
                     prompt += r.prompt;
                     cached += r.cached;
                     completion += r.completion;
-                    dollars += ((r.prompt - r.cached.min(r.prompt)) as f64 * prices.input
-                        + r.cached as f64 * prices.cached
-                        + r.completion as f64 * prices.output)
-                        / 1e6;
+                    dollars += price
+                        .cost(&Usage {
+                            prompt_tokens: r.prompt,
+                            completion_tokens: r.completion,
+                            cached_tokens: r.cached,
+                            cache_write_tokens: 0,
+                        })
+                        .usd;
                 }
                 *statuses.entry(r.status).or_default() += 1;
             }
@@ -561,7 +559,8 @@ async fn mix(flags: &Flags) -> Result<String, Error> {
         "errors": errors,
         "billed_requests": billed,
         "billed_tokens": {"prompt": prompt, "cached_prompt": cached, "completion": completion},
-        "prices_per_million": {"input": prices.input, "cached_input": prices.cached, "output": prices.output},
+        "priced_as": priced_as,
+        "prices_per_million": {"input": rates.input, "cached_input": rates.cached_input, "output": rates.output},
         "dollars_total": dollars,
         "dollars_per_request": if n > 0 { dollars / n as f64 } else { 0.0 },
     })
