@@ -2,6 +2,7 @@
 //! metrics, and the task tracker that owns every background task until shutdown.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,23 @@ impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.inner
+    }
+}
+
+/// The `result` label of a successful store operation.
+trait StoreResult {
+    fn label(&self) -> &'static str;
+}
+
+impl StoreResult for Option<Entry> {
+    fn label(&self) -> &'static str {
+        if self.is_some() { "hit" } else { "miss" }
+    }
+}
+
+impl StoreResult for () {
+    fn label(&self) -> &'static str {
+        "ok"
     }
 }
 
@@ -161,62 +179,40 @@ impl AppState {
     /// Looks a key up. A store error or timeout is recorded and becomes a miss: the
     /// request is then served from upstream (fail open).
     pub async fn store_get(&self, key: &CacheKey) -> Option<Entry> {
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.store_timeout(), self.store.get(key)).await;
-        let backend = self.store.backend();
-        match result {
-            Ok(Ok(Some(entry))) => {
-                self.metrics
-                    .store_op(backend, "get", "hit", started.elapsed());
-                Some(entry)
-            }
-            Ok(Ok(None)) => {
-                self.metrics
-                    .store_op(backend, "get", "miss", started.elapsed());
-                None
-            }
-            Ok(Err(e)) => {
-                self.store_failed("get", &e, started.elapsed());
-                None
-            }
-            Err(_) => {
-                let e = StoreError::Timeout(self.store_timeout());
-                self.store_failed("get", &e, started.elapsed());
-                None
-            }
-        }
+        self.guarded("get", self.store.get(key)).await?
     }
 
     /// Stores an entry; failures are recorded and otherwise ignored (never retried).
     pub async fn store_put(&self, key: &CacheKey, entry: &Entry) {
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.store_timeout(), self.store.put(key, entry)).await;
-        match result {
-            Ok(Ok(())) => {
-                self.metrics
-                    .store_op(self.store.backend(), "put", "ok", started.elapsed());
-            }
-            Ok(Err(e)) => self.store_failed("put", &e, started.elapsed()),
-            Err(_) => {
-                let e = StoreError::Timeout(self.store_timeout());
-                self.store_failed("put", &e, started.elapsed());
-            }
-        }
+        self.guarded("put", self.store.put(key, entry)).await;
     }
 
     /// Deletes an entry (used when an entry cannot be rendered); failures are recorded.
     pub async fn store_delete(&self, key: &CacheKey) {
+        self.guarded("delete", self.store.delete(key)).await;
+    }
+
+    /// Runs one store operation under the outer timeout and records it: `None` when it
+    /// failed (logged and counted by its error), else its value.
+    async fn guarded<T: StoreResult>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.store_timeout(), self.store.delete(key)).await;
+        let result = match tokio::time::timeout(self.store_timeout(), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.store_timeout())),
+        };
         match result {
-            Ok(Ok(())) => {
+            Ok(v) => {
                 self.metrics
-                    .store_op(self.store.backend(), "delete", "ok", started.elapsed());
+                    .store_op(self.store.backend(), op, v.label(), started.elapsed());
+                Some(v)
             }
-            Ok(Err(e)) => self.store_failed("delete", &e, started.elapsed()),
-            Err(_) => {
-                let e = StoreError::Timeout(self.store_timeout());
-                self.store_failed("delete", &e, started.elapsed());
+            Err(e) => {
+                self.store_failed(op, &e, started.elapsed());
+                None
             }
         }
     }

@@ -47,15 +47,7 @@ async fn fifty_identical_requests_make_one_upstream_call() {
             .iter()
             .all(|r| r.status == 200 && r.body == replies[0].body)
     );
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("prefixcache_coalesced_total 49"),
         "{metrics}"

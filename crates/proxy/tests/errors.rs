@@ -234,15 +234,7 @@ async fn a_failing_store_fails_open() {
         assert_eq!(ready.status, 200, "failing open is still ready");
         assert_eq!(ready.json()["status"], "degraded");
         h.settle().await;
-        let metrics = h
-            .client
-            .get(format!("{}/metrics", h.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = h.metrics().await;
         assert!(
             metrics
                 .lines()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{Harness, Reply, Setup, chat_body};
+use common::{Harness, Reply, Setup, chat_body, metric};
 use prefixcache_core::key::CacheKey;
 use prefixcache_core::pricing::PriceTable;
 use prefixcache_mock::{Latency, MockConfig};
@@ -65,20 +65,6 @@ impl CacheStore for Flaky {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
-}
-
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 /// Dollars of one usage object at gpt-4o-mini's prices, computed here from the rates.
@@ -146,26 +132,18 @@ async fn scripted_sequence_gives_exact_deltas() {
     assert_eq!(h.chat(&failing).await.status, 500);
     h.settle().await;
 
-    let m = h
-        .client
-        .get(format!("{}/metrics", h.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = h.metrics().await;
     let req = "prefixcache_requests_total";
-    assert_eq!(sample(&m, req, &[("status", "miss")]), 4.0, "{m}");
-    assert_eq!(sample(&m, req, &[("status", "hit")]), 1.0);
-    assert_eq!(sample(&m, req, &[("status", "coalesced")]), 2.0);
-    assert_eq!(sample(&m, "prefixcache_coalesced_total", &[]), 2.0);
+    assert_eq!(metric(&m, req, &[("status", "miss")]), 4.0, "{m}");
+    assert_eq!(metric(&m, req, &[("status", "hit")]), 1.0);
+    assert_eq!(metric(&m, req, &[("status", "coalesced")]), 2.0);
+    assert_eq!(metric(&m, "prefixcache_coalesced_total", &[]), 2.0);
     assert_eq!(
-        sample(&m, "prefixcache_upstream_errors_total", &[("code", "500")]),
+        metric(&m, "prefixcache_upstream_errors_total", &[("code", "500")]),
         1.0
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "prefixcache_store_operations_total",
             &[("op", "get"), ("result", "unavailable")]
@@ -173,7 +151,7 @@ async fn scripted_sequence_gives_exact_deltas() {
         1.0
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "prefixcache_store_operations_total",
             &[("op", "put"), ("result", "unavailable")]
@@ -181,7 +159,7 @@ async fn scripted_sequence_gives_exact_deltas() {
         1.0
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "prefixcache_store_operations_total",
             &[("op", "get"), ("result", "hit")]
@@ -189,7 +167,7 @@ async fn scripted_sequence_gives_exact_deltas() {
         1.0
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "prefixcache_request_duration_seconds_count",
             &[("status", "hit")]
@@ -203,8 +181,8 @@ async fn scripted_sequence_gives_exact_deltas() {
         + dollars(&together.json()["usage"])
         + dollars(&during.json()["usage"]);
     let saved = dollars(&miss.json()["usage"]) + 2.0 * dollars(&together.json()["usage"]);
-    let got_spent = sample(&m, "prefixcache_cost_usd_total", &[("kind", "spent")]);
-    let got_saved = sample(&m, "prefixcache_cost_usd_total", &[("kind", "saved")]);
+    let got_spent = metric(&m, "prefixcache_cost_usd_total", &[("kind", "spent")]);
+    let got_saved = metric(&m, "prefixcache_cost_usd_total", &[("kind", "saved")]);
     assert!(
         (got_spent - spent).abs() < 1e-12,
         "spent {got_spent} != {spent}"
@@ -213,7 +191,7 @@ async fn scripted_sequence_gives_exact_deltas() {
         (got_saved - saved).abs() < 1e-12,
         "saved {got_saved} != {saved}"
     );
-    let prompt_cache = sample(
+    let prompt_cache = metric(
         &m,
         "prefixcache_tokens_total",
         &[("kind", "prompt"), ("source", "cache")],

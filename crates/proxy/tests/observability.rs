@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Harness, Reply, Setup, chat_body};
+use common::{Harness, Reply, Setup, chat_body, metric};
 use prefixcache_mock::MockRoute;
 use serde_json::{Value, json};
 
@@ -143,19 +143,6 @@ async fn request_log_has_one_line_per_request() {
     );
 }
 
-fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 #[tokio::test]
 async fn token_metrics_count_upstream_and_cache_separately() {
     let h = Harness::start(Setup::default()).await;
@@ -169,42 +156,34 @@ async fn token_metrics_count_upstream_and_cache_separately() {
         usage["prompt_tokens"].as_f64().unwrap(),
         usage["completion_tokens"].as_f64().unwrap(),
     );
-    let m = h
-        .client
-        .get(format!("{}/metrics", h.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = h.metrics().await;
     let t = "prefixcache_tokens_total";
     assert_eq!(
-        counter(&m, t, &[("kind", "prompt"), ("source", "upstream")]),
+        metric(&m, t, &[("kind", "prompt"), ("source", "upstream")]),
         p
     );
     assert_eq!(
-        counter(&m, t, &[("kind", "completion"), ("source", "upstream")]),
+        metric(&m, t, &[("kind", "completion"), ("source", "upstream")]),
         c
     );
     assert_eq!(
-        counter(&m, t, &[("kind", "prompt"), ("source", "cache")]),
+        metric(&m, t, &[("kind", "prompt"), ("source", "cache")]),
         2.0 * p
     );
     assert_eq!(
-        counter(&m, t, &[("kind", "completion"), ("source", "cache")]),
+        metric(&m, t, &[("kind", "completion"), ("source", "cache")]),
         2.0 * c
     );
     assert_eq!(
-        counter(&m, "prefixcache_requests_total", &[("status", "hit")]),
+        metric(&m, "prefixcache_requests_total", &[("status", "hit")]),
         2.0
     );
     assert_eq!(
-        counter(&m, "prefixcache_requests_total", &[("status", "miss")]),
+        metric(&m, "prefixcache_requests_total", &[("status", "miss")]),
         1.0
     );
     assert_eq!(
-        counter(
+        metric(
             &m,
             "prefixcache_provider_cacheable_total",
             &[("cacheable", "false")]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Harness, Reply, Setup};
+use common::{Harness, Reply, Setup, metric};
 use serde_json::{Value, json};
 
 const CONVERSATIONS: usize = 24;
@@ -29,19 +29,6 @@ fn user_turn(c: usize, turn: usize) -> String {
          the drill stopped charging after a week; the receipt is attached to my account. "
             .repeat(3)
     )
-}
-
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 /// Runs every conversation turn by turn (all conversations concurrently per turn) and
@@ -72,21 +59,13 @@ async fn run(policy: &str) -> (f64, f64) {
         }
     }
     h.settle().await;
-    let m = h
-        .client
-        .get(format!("{}/metrics", h.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = h.metrics().await;
     let t = "prefixcache_tokens_total";
-    let prompt = sample(&m, t, &[("kind", "prompt"), ("source", "upstream")]);
-    let cached = sample(&m, t, &[("kind", "cached_prompt"), ("source", "upstream")]);
-    let spent = sample(&m, "prefixcache_cost_usd_total", &[("kind", "spent")]);
+    let prompt = metric(&m, t, &[("kind", "prompt"), ("source", "upstream")]);
+    let cached = metric(&m, t, &[("kind", "cached_prompt"), ("source", "upstream")]);
+    let spent = metric(&m, "prefixcache_cost_usd_total", &[("kind", "spent")]);
     assert_eq!(
-        sample(&m, "prefixcache_requests_total", &[("status", "miss")]),
+        metric(&m, "prefixcache_requests_total", &[("status", "miss")]),
         (CONVERSATIONS * TURNS) as f64,
         "every turn is a new request: the response cache plays no part here"
     );

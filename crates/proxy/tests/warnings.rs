@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Harness, Setup};
+use common::{Harness, Setup, metric};
 use serde_json::json;
 
 const PROMPT: &str = "Translate the following customer message to French, keeping names, \
@@ -16,16 +16,6 @@ const PROMPT: &str = "Translate the following customer message to French, keepin
 fn body(system: &str, user: &str) -> serde_json::Value {
     json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [
         {"role": "system", "content": system}, {"role": "user", "content": user}]})
-}
-
-fn findings(metrics: &str, rule: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("prefixcache_lint_findings_total{")
-                && l.contains(&format!("rule=\"{rule}\""))
-        })
-        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
 #[tokio::test]
@@ -61,16 +51,16 @@ async fn a_request_id_at_the_start_is_flagged_and_at_the_end_is_not() {
         .await;
     assert_eq!(clean.header("x-prefixcache-warning"), None);
 
-    let m = h
-        .client
-        .get(format!("{}/metrics", h.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(findings(&m, "dynamic-prefix"), 1, "{m}");
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "prefixcache_lint_findings_total",
+            &[("rule", "dynamic-prefix")]
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -90,14 +80,14 @@ async fn whitespace_drift_between_services_is_flagged() {
     let r = h.chat(&body(drifted, "Quarterly report")).await;
     let w = r.header("x-prefixcache-warning").expect("drift flagged");
     assert!(w.contains("whitespace-drift"), "{w}");
-    let m = h
-        .client
-        .get(format!("{}/metrics", h.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(findings(&m, "whitespace-drift"), 1, "{m}");
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "prefixcache_lint_findings_total",
+            &[("rule", "whitespace-drift")]
+        ),
+        1.0,
+        "{m}"
+    );
 }

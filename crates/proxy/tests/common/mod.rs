@@ -158,6 +158,18 @@ impl Harness {
         self.send("/v1/chat/completions", body).await
     }
 
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Upstream calls the mock has seen.
     pub fn upstream_calls(&self) -> u64 {
         self.mock.stats().total
@@ -275,6 +287,21 @@ impl Reply {
         }
         out
     }
+}
+
+/// The sum of a metric's samples whose labels include all of `labels`, from a
+/// Prometheus text exposition (`name` without labels, e.g. `prefixcache_requests_total`).
+pub fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 /// A chat request body with one user message.
