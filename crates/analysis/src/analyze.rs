@@ -467,9 +467,10 @@ fn strategy_report(
     }
     if stable.len < PROVIDER_MIN_CACHEABLE_TOKENS {
         let first = idx.first().map_or(0, |&i| items[i].line);
-        summary.add(
+        summary.add_many(
             &short_prefix_finding(stable.len, ratio(stable.count as u64, n as u64)),
             first,
+            n as u64,
         );
     }
 

@@ -37,17 +37,22 @@ pub struct Summary {
 impl Summary {
     /// Counts `finding`, seen at `line`.
     pub fn add(&mut self, finding: &Finding, line: u64) {
+        self.add_many(finding, line, 1);
+    }
+
+    /// Counts `finding` for `count` requests at once (a strategy-wide finding).
+    pub fn add_many(&mut self, finding: &Finding, line: u64, count: u64) {
         self.by
             .entry((finding.rule, finding.kind))
-            .and_modify(|(sev, count, first, f)| {
-                *count += 1;
+            .and_modify(|(sev, n, first, f)| {
+                *n += count;
                 *sev = (*sev).max(finding.severity);
                 if line < *first {
                     *first = line;
                     *f = finding.clone();
                 }
             })
-            .or_insert_with(|| (finding.severity, 1, line, finding.clone()));
+            .or_insert_with(|| (finding.severity, count, line, finding.clone()));
     }
 
     /// The summaries, most severe first, then by rule.

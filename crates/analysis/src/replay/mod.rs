@@ -15,11 +15,12 @@ pub mod html;
 pub mod spec;
 
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::path::Path;
 use std::sync::Arc;
 
 use prefixcache_core::config::{KeyMode, PromptCacheKeyMode};
-use prefixcache_core::key::{CacheKey, KeyInput, RequestHash, compute_keys, hex};
+use prefixcache_core::key::{CacheKey, KeyInput, Namespace, RequestHash, compute_keys, hex};
 use prefixcache_core::prefix::{FamilyMemo, FamilyParams, conversation_digest, prefix_text};
 use prefixcache_core::pricing::{ModelPrice, PriceTable};
 use prefixcache_core::provider::cache::{PromptCacheConfig, PromptCacheSim, Retention};
@@ -34,7 +35,7 @@ use serde_json::Value;
 
 use crate::analyze::ratio;
 use crate::error::AnalysisError;
-use crate::input::{BadLines, LogInput, LoggedStatus, format_ts, parse_line};
+use crate::input::{BadLines, LogInput, LoggedStatus, TenantId, format_ts, parse_line};
 use crate::parallel::map_lines;
 use crate::progress::Progress;
 use crate::traffic::{Traffic, namespace_of};
@@ -112,23 +113,26 @@ struct Plan<'a> {
 #[derive(Default)]
 struct Worker {
     strategies: HashMap<String, prefixcache_core::config::Strategy>,
+    namespaces: HashMap<TenantId, Namespace>,
     texts: TextMemo,
 }
 
 /// Tokens of texts seen more than once (system prompts, tool schemas), so a log of a
 /// million requests sharing one long prompt tokenizes it once per thread. A text is
 /// remembered on its second sighting: unique user content costs one hash, no memory.
+/// Keyed by a fast hash and checked against the stored text, so a collision costs an
+/// encoding, never wrong tokens.
 #[derive(Default)]
 struct TextMemo {
-    seen: FxHashSet<u128>,
-    tokens: FxHashMap<u128, Arc<[u32]>>,
+    seen: FxHashSet<u64>,
+    tokens: FxHashMap<u64, (Box<str>, Arc<[u32]>)>,
     held: usize,
 }
 
 /// Texts shorter than this are encoded directly: hashing them costs as much.
 const MEMO_MIN_BYTES: usize = 256;
-/// Tokens held per thread before the memo starts over.
-const MEMO_MAX_TOKENS: usize = 16 << 20;
+/// Text bytes held per thread before the memo starts over.
+const MEMO_MAX_BYTES: usize = 64 << 20;
 
 impl TextEncoder for TextMemo {
     fn encode_into(&mut self, enc: Encoding, text: &str, out: &mut Vec<u32>) {
@@ -136,28 +140,28 @@ impl TextEncoder for TextMemo {
             out.extend(enc.encode(text));
             return;
         }
-        let mut h = blake3::Hasher::new();
-        h.update(&[enc as u8]);
-        h.update(text.as_bytes());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        let id = u128::from_le_bytes(b);
-        if let Some(t) = self.tokens.get(&id) {
-            out.extend_from_slice(t);
+        let mut h = rustc_hash::FxHasher::default();
+        h.write_u8(enc as u8);
+        h.write(text.as_bytes());
+        let id = h.finish();
+        if let Some((t, tokens)) = self.tokens.get(&id)
+            && **t == *text
+        {
+            out.extend_from_slice(tokens);
             return;
         }
-        let t = enc.encode(text);
-        out.extend_from_slice(&t);
+        let tokens = enc.encode(text);
+        out.extend_from_slice(&tokens);
         if self.seen.insert(id) {
             return;
         }
-        if self.held + t.len() > MEMO_MAX_TOKENS {
+        if self.held + text.len() > MEMO_MAX_BYTES {
             self.tokens.clear();
             self.seen.clear();
             self.held = 0;
         }
-        self.held += t.len();
-        self.tokens.insert(id, t.into());
+        self.held += text.len() + tokens.len() * 4;
+        self.tokens.insert(id, (text.into(), tokens.into()));
     }
 }
 
@@ -188,7 +192,10 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
     let model = rec.request_model().to_string();
     let route = rec.route;
     let body = &rec.body;
-    let ns = namespace_of(rec.tenant);
+    let ns = *w
+        .namespaces
+        .entry(rec.tenant)
+        .or_insert_with(|| namespace_of(rec.tenant));
     let exact = KeyInput {
         namespace: &ns,
         strategy: &group,
