@@ -36,7 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Number, Value};
 
-use crate::config::{DEFAULT_MIN_PREFIX_TOKENS, DEFAULT_PREFIX_GRANULARITY, Strategy};
+use crate::config::{
+    DEFAULT_MIN_PREFIX_TOKENS, DEFAULT_PREFIX_GRANULARITY, PromptCacheKeyMode, Strategy,
+};
 use crate::key::{FamilyId, hex};
 use crate::route::Route;
 use crate::tokenizer::{Encoding, FirstTokens, encoding_for_model};
@@ -77,6 +79,30 @@ pub fn conversation_digest(route: Route, body: &Map<String, Value>) -> Option<[u
     let mut sink = HashSink::new("prefixcache conversation prefix v1");
     let _ = render(route, body, PrefixScope::Conversation, &mut sink);
     Some(*sink.finalize().as_bytes())
+}
+
+/// The `prompt_cache_key` prefixcache adds to a forwarded request that carries none
+/// (DESIGN.md §7): `conversation` pins every turn of one conversation to one provider
+/// machine (`pfx-c-` + 16 bytes of [`conversation_digest`]), `family` pins every request
+/// of a prefix family (`pfx-f-` + 16 bytes of the family id), `off` adds none. Chat
+/// completions and Responses only: the other routes do not accept the field. The proxy
+/// and `replay` both derive it here, so the simulation sends what the proxy sends.
+pub fn derived_prompt_cache_key(
+    mode: PromptCacheKeyMode,
+    route: Route,
+    body: &Map<String, Value>,
+    family: Option<&FamilyId>,
+) -> Option<String> {
+    if !has_conversation(route) {
+        return None;
+    }
+    match mode {
+        PromptCacheKeyMode::Off => None,
+        PromptCacheKeyMode::Conversation => {
+            conversation_digest(route, body).map(|d| format!("pfx-c-{}", hex(&d[..16])))
+        }
+        PromptCacheKeyMode::Family => family.map(|f| format!("pfx-f-{}", hex(&f.as_bytes()[..16]))),
+    }
 }
 
 /// BLAKE3 of a scope's text (own derivation context), computed without building the

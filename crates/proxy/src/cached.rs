@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use prefixcache_core::config::{KeyMode, PromptCacheKeyMode};
+use prefixcache_core::config::KeyMode;
 use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys, hex};
-use prefixcache_core::prefix::{FamilyParams, conversation_digest};
+use prefixcache_core::prefix::{FamilyParams, derived_prompt_cache_key};
 use prefixcache_core::route::Route;
 use prefixcache_core::sse::{EventKind, SseSplitter, SseTail, StreamAssembler};
 use prefixcache_core::usage::Usage;
@@ -298,29 +298,6 @@ async fn handle_inner(
     start_flight(state, flight.clone(), plan, registered);
     ctx.outcome = Some(outcome);
     respond_live(flight, want, outcome, &labels).await
-}
-
-/// The `prompt_cache_key` a strategy adds to a forwarded request (DESIGN.md §7):
-/// `conversation` pins every turn of one conversation to one provider machine, `family`
-/// pins all requests of a prefix family. Chat completions and responses only.
-fn derived_prompt_cache_key(
-    mode: PromptCacheKeyMode,
-    route: Route,
-    body: &Map<String, Value>,
-    family: Option<&FamilyId>,
-) -> Option<String> {
-    match mode {
-        PromptCacheKeyMode::Off => None,
-        PromptCacheKeyMode::Conversation => {
-            conversation_digest(route, body).map(|d| format!("pfx-c-{}", hex(&d[..16])))
-        }
-        PromptCacheKeyMode::Family => match route {
-            Route::ChatCompletions | Route::Responses => {
-                family.map(|f| format!("pfx-f-{}", hex(&f.as_bytes()[..16])))
-            }
-            _ => None,
-        },
-    }
 }
 
 /// Reads the whole body, bounded by `max_body_bytes` (413 beyond it).
