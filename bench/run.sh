@@ -323,12 +323,25 @@ if want redis; then
             echo "$size" >"$OUT/s4-entry-bytes"
             note s4 "entry key $key, $size bytes"
             metrics "$PROXY_URL" s4-redis.before
+            redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
             oha_run s4-redis "$PROXY_URL$CHAT" "$HIT_N" "$CONC" -D "$OUT/chat.json"
+            redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/s4-redis.commandstats"
             metrics "$PROXY_URL" s4-redis.after
+            stop "$PROXY_PID"
+            # The same with the memory tier's freshness bound at 0: every hit is a GET.
+            if PREFIXCACHE_STORE_MEMORY_TTL=0 start_proxy proxy-redis-notier "$MOCK0" redis \
+                --redis-url "redis://127.0.0.1:$REDIS_PORT"; then
+                note s4 "memory_ttl=0 sample status: $(sample_status "$PROXY_URL$CHAT" "$OUT/chat.json")"
+                metrics "$PROXY_URL" s4-redis-notier.before
+                redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+                oha_run s4-redis-notier "$PROXY_URL$CHAT" "$HIT_N" "$CONC" -D "$OUT/chat.json"
+                redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/s4-redis-notier.commandstats"
+                metrics "$PROXY_URL" s4-redis-notier.after
+                stop "$PROXY_PID"
+            fi
             log "redis-benchmark -t get -d $size -c $CONC -n $HIT_N"
             "$REDIS_BENCHMARK" -p "$REDIS_PORT" -t get -d "$size" -c "$CONC" -n "$HIT_N" --csv \
                 >"$OUT/s4-redis-benchmark.csv"
-            stop "$PROXY_PID"
         else
             note s4 "skipped: the proxy did not start with --store redis ($(grep -m1 -iE 'error|not available' "$OUT/proxy-redis.log" | cut -c1-160))"
         fi
