@@ -12,8 +12,8 @@ use prefixcache_core::key::{FamilyId, normalize_whitespace};
 use prefixcache_core::lint::{
     self, Finding, PROVIDER_MIN_CACHEABLE_TOKENS, Rule, Severity, WhitespaceDrift,
 };
-use prefixcache_core::prefix::{FamilyMemo, prefix_text};
-use prefixcache_core::tokenizer::Encoding;
+use prefixcache_core::prefix::{FamilyMemo, PrefixScope, prefix_text, scoped_text};
+use prefixcache_core::tokenizer::{Encoding, FirstTokens};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -197,6 +197,64 @@ pub struct Analyzed {
 struct WorkerState {
     strategies: HashMap<String, prefixcache_core::config::Strategy>,
     dynamic: HashMap<FamilyId, Arc<[Finding]>>,
+    heads: HeadMemo,
+}
+
+/// The settled tokens of static prompt parts (tools, system messages) seen more than
+/// once, so each request's prefix text is tokenized only from where its own content
+/// starts. Exact: `Encoding::extend_first` with `cut = true` takes only the tokens that
+/// every continuation of the static text shares, and encoding resumes from there on the
+/// full text (`docs/tokenizer.md`, "the cut rule").
+#[derive(Default)]
+struct HeadMemo {
+    seen: rustc_hash::FxHashSet<u64>,
+    heads: rustc_hash::FxHashMap<u64, (Box<str>, FirstTokens)>,
+    held: usize,
+}
+
+/// Static parts shorter than this are not worth remembering.
+const HEAD_MIN_BYTES: usize = 256;
+/// Bytes of static text (and its tokens) held per thread before the memo starts over.
+const HEAD_MAX_BYTES: usize = 64 << 20;
+
+impl HeadMemo {
+    /// The first `n` (at most [`MAX_PREFIX_TOKENS`]) tokens of `full`, whose start is
+    /// `head`.
+    fn first_tokens(&mut self, enc: Encoding, head: &str, full: &str, n: usize) -> Vec<u32> {
+        use std::hash::Hasher as _;
+        let n = n.min(MAX_PREFIX_TOKENS);
+        if head.len() < HEAD_MIN_BYTES || !full.starts_with(head) {
+            return enc.encode_first(full, n);
+        }
+        let mut h = rustc_hash::FxHasher::default();
+        h.write_u8(enc as u8);
+        h.write(head.as_bytes());
+        let id = h.finish();
+        let mut acc = match self.heads.get(&id) {
+            Some((text, acc)) if **text == *head => acc.clone(),
+            _ => {
+                // Remembered up to the largest window asked for, whatever this call's `n`.
+                let mut acc = FirstTokens::default();
+                enc.extend_first(&mut acc, head, MAX_PREFIX_TOKENS, true);
+                if !self.seen.insert(id) {
+                    if self.held + head.len() > HEAD_MAX_BYTES {
+                        self.heads.clear();
+                        self.seen.clear();
+                        self.held = 0;
+                    }
+                    self.held += head.len() + acc.tokens.len() * 4;
+                    self.heads.insert(id, (head.into(), acc.clone()));
+                }
+                acc
+            }
+        };
+        if acc.tokens.len() >= n {
+            acc.tokens.truncate(n);
+            return acc.tokens;
+        }
+        enc.extend_first(&mut acc, full, n, false);
+        acc.tokens
+    }
 }
 
 /// Reads and analyzes a log.
@@ -222,7 +280,7 @@ pub fn analyze(
             path: path.to_path_buf(),
         });
     }
-    Ok(summarize(path, items, bad, traffic))
+    Ok(summarize(path, items, bad, traffic, opts.threads))
 }
 
 fn item(
@@ -245,10 +303,12 @@ fn item(
     let params = traffic.family_params(strategy, &model);
     let enc = params.encoding;
     let mut text = prefix_text(rec.route, &rec.body);
+    let mut head = scoped_text(rec.route, &rec.body, PrefixScope::Static).unwrap_or_default();
     if params.normalize_whitespace {
         text = normalize_whitespace(&text).into_owned();
+        head = normalize_whitespace(&head).into_owned();
     }
-    let tokens = enc.encode_first(&text, MAX_PREFIX_TOKENS);
+    let tokens = w.heads.first_tokens(enc, &head, &text, MAX_PREFIX_TOKENS);
     let length = if tokens.len() < MAX_PREFIX_TOKENS {
         tokens.len() as u64
     } else {
@@ -300,7 +360,13 @@ pub(crate) fn raw_tools(line: &[u8]) -> Option<Box<[u8]>> {
     (raw.get() != "null").then(|| raw.get().as_bytes().into())
 }
 
-fn summarize(path: &Path, items: Vec<Item>, bad: BadLines, traffic: &Traffic) -> Analyzed {
+fn summarize(
+    path: &Path,
+    items: Vec<Item>,
+    bad: BadLines,
+    traffic: &Traffic,
+    threads: usize,
+) -> Analyzed {
     let total = items.len();
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, it) in items.iter().enumerate() {
@@ -310,10 +376,32 @@ fn summarize(path: &Path, items: Vec<Item>, bad: BadLines, traffic: &Traffic) ->
         items.iter().filter_map(|i| i.ts_ms).min(),
         items.iter().filter_map(|i| i.ts_ms).max(),
     );
-    let mut strategies = Vec::new();
-    for (name, idx) in &groups {
-        strategies.push(strategy_report(name, idx, &items, total, traffic));
-    }
+    // Strategies are independent: each thread takes the next one.
+    let list: Vec<(&String, &Vec<usize>)> = groups.iter().collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, StrategyReport)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, list.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((name, idx)) = list.get(i) else {
+                            return out;
+                        };
+                        out.push((i, strategy_report(name, idx, &items, total, traffic)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            // A worker only panics on a bug; its strategies are then missing.
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    let strategies: Vec<StrategyReport> = done.into_iter().map(|(_, r)| r).collect();
     let mut corpus = Corpus::default();
     let mut items = items;
     for (name, idx) in groups {
@@ -632,5 +720,49 @@ impl Analysis {
             o.push_str(&g.to_text());
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens resumed from a remembered static part equal tokens of the whole text, for
+    /// static parts whose last pieces merge with what follows (spaces, newlines, words).
+    #[test]
+    fn remembered_heads_give_the_tokens_of_the_whole_text() {
+        let enc = Encoding::O200kBase;
+        let mut memo = HeadMemo::default();
+        let statics = [
+            format!("system\n{}\n", "Review the contract carefully. ".repeat(20)),
+            format!("system\n{}   ", "Answer in French please ".repeat(15)),
+            format!("system\n{}\n\n", "naïve café déjà vu 日本語 ".repeat(12)),
+        ];
+        let tails = [
+            "user\nhello\n",
+            "  user\n\n\nx",
+            "user\n日本\n",
+            "",
+            "\n\nuser\nok",
+        ];
+        for round in 0..3 {
+            for head in &statics {
+                for tail in tails {
+                    let full = format!("{head}{tail}");
+                    for n in [5, 100, MAX_PREFIX_TOKENS] {
+                        let got = memo.first_tokens(enc, head, &full, n);
+                        assert_eq!(
+                            got,
+                            enc.encode_first(&full, n),
+                            "round {round}, n {n}: {full:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            !memo.heads.is_empty(),
+            "static parts seen twice are remembered"
+        );
     }
 }

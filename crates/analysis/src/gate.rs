@@ -156,6 +156,11 @@ pub fn gate(
             max_shift,
         )];
         for f in &old.families {
+            // The strategy's own prefix (a strategy of one family): the check and its
+            // verdict would repeat.
+            if f.stable_prefix.tokens == old.stable_prefix.tokens {
+                continue;
+            }
             // Requests starting with a family's stable prefix (at least the family's
             // first tokens) are that family's: its share of the strategy times the share
             // of the family that starts with it.

@@ -344,7 +344,7 @@ impl LiveReport {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "{}: {} requests, concurrency {}, {:.1} s ({:.1} requests/s)",
+            "{}: {} requests, concurrency {}, {:.2} s ({:.1} requests/s)",
             self.url, self.requests, self.concurrency, self.duration_s, self.requests_per_second
         );
         let _ = writeln!(
