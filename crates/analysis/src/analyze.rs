@@ -170,6 +170,8 @@ struct Item {
     dynamic: Arc<[Finding]>,
     drift: Option<Finding>,
     tools: Option<Box<[u8]>>,
+    /// The structured-output schema as sent (`response_format`, or Responses' `text`).
+    schema: Option<Box<[u8]>>,
 }
 
 /// The token sequences of a run, kept for the gate.
@@ -320,7 +322,12 @@ fn item(
         .entry(family.id)
         .or_insert_with(|| lint::dynamic_prefix(&family).into())
         .clone();
-    let drift = drift.observe(&group, &family);
+    // Within the strategy first; then across strategies, so two services sending one
+    // prompt formatted differently are caught too.
+    let drift = drift
+        .observe(&group, &family)
+        .or_else(|| drift.observe(ALL_STRATEGIES, &family));
+    let (tools, schema) = raw_definitions(line);
     Ok(Some(Item {
         line: n,
         ts_ms: rec.ts_ms,
@@ -332,32 +339,49 @@ fn item(
         family: family.id,
         dynamic,
         drift,
-        tools: raw_tools(line),
+        tools,
+        schema,
     }))
 }
 
-/// The `tools` array of a logged request exactly as it was sent (key order matters for
-/// `unstable-tools`, and the parsed body has lost it).
-pub(crate) fn raw_tools(line: &[u8]) -> Option<Box<[u8]>> {
+/// The whitespace-drift key under which every strategy's prefixes are also compared (a
+/// name no strategy can have: it starts with a NUL).
+const ALL_STRATEGIES: &str = "\u{0}all strategies";
+
+/// The `tools` array and the structured-output schema (`response_format`, or the
+/// Responses API's `text`) of a logged request exactly as they were sent: key order
+/// matters for `unstable-tools`, and the parsed body has lost it.
+pub(crate) fn raw_definitions(line: &[u8]) -> (Option<Box<[u8]>>, Option<Box<[u8]>>) {
     #[derive(Deserialize)]
-    struct Line<'a> {
+    struct Fields<'a> {
         #[serde(borrow, default)]
         request: Option<&'a RawValue>,
         #[serde(borrow, default)]
         tools: Option<&'a RawValue>,
-    }
-    #[derive(Deserialize)]
-    struct Body<'a> {
         #[serde(borrow, default)]
-        tools: Option<&'a RawValue>,
+        response_format: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        text: Option<&'a RawValue>,
     }
-    memchr::memmem::find(line, b"\"tools\"")?;
-    let l: Line<'_> = serde_json::from_slice(line).ok()?;
-    let raw = match l.request {
-        Some(r) => serde_json::from_str::<Body<'_>>(r.get()).ok()?.tools,
-        None => l.tools,
-    }?;
-    (raw.get() != "null").then(|| raw.get().as_bytes().into())
+    let has = |name: &[u8]| memchr::memmem::find(line, name).is_some();
+    if !(has(b"\"tools\"") || has(b"\"response_format\"") || has(b"\"text\"")) {
+        return (None, None);
+    }
+    let Ok(outer) = serde_json::from_slice::<Fields<'_>>(line) else {
+        return (None, None);
+    };
+    let f = match outer.request {
+        Some(r) => match serde_json::from_str::<Fields<'_>>(r.get()) {
+            Ok(f) => f,
+            Err(_) => return (None, None),
+        },
+        None => outer,
+    };
+    let own = |v: Option<&RawValue>| -> Option<Box<[u8]>> {
+        v.filter(|r| r.get() != "null")
+            .map(|r| r.get().as_bytes().into())
+    };
+    (own(f.tools), own(f.response_format.or(f.text)))
 }
 
 fn summarize(
@@ -534,7 +558,8 @@ fn strategy_report(
     // Findings: the core rules, per request, summarized.
     let mut summary = Summary::default();
     let mut tools: Vec<&[u8]> = Vec::new();
-    let mut first_tools_line = 0;
+    let mut schemas: Vec<&[u8]> = Vec::new();
+    let (mut first_tools_line, mut first_schema_line) = (0, 0);
     for &i in idx {
         let it = &items[i];
         for f in it.dynamic.iter() {
@@ -549,9 +574,18 @@ fn strategy_report(
             }
             tools.push(t);
         }
+        if let Some(t) = &it.schema {
+            if schemas.is_empty() {
+                first_schema_line = it.line;
+            }
+            schemas.push(t);
+        }
     }
     for f in lint::unstable_tools(tools) {
         summary.add(&f, first_tools_line);
+    }
+    for f in lint::unstable_tools(schemas) {
+        summary.add(&f, first_schema_line);
     }
     if stable.len < PROVIDER_MIN_CACHEABLE_TOKENS {
         let first = idx.first().map_or(0, |&i| items[i].line);

@@ -292,3 +292,56 @@ fn logs_are_linted_per_strategy() {
         Some(2)
     );
 }
+
+#[test]
+fn drift_between_services_and_unstable_schemas_in_logs() {
+    let d = Dir::new();
+    let text = prose(40);
+    let mut log = String::new();
+    for i in 0..4 {
+        // Two services send one system prompt, one of them with doubled newlines.
+        let a = json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": format!("Summarize:\n{text}")},
+            {"role": "user", "content": format!("doc {i}")}]});
+        let b = json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": format!("Summarize:\n\n{text}")},
+            {"role": "user", "content": format!("doc {i}")}]});
+        log.push_str(&(log_line("billing", &a) + "\n"));
+        log.push_str(&(log_line("search", &b) + "\n"));
+    }
+    // A response schema sent in two key orders by one service.
+    let schemas = [
+        r#"{"type":"json_schema","json_schema":{"name":"out","schema":{"type":"object","properties":{"a":{"type":"string"}}}}}"#,
+        r#"{"json_schema":{"schema":{"properties":{"a":{"type":"string"}},"type":"object"},"name":"out"},"type":"json_schema"}"#,
+    ];
+    for (i, sc) in schemas.iter().enumerate() {
+        log.push_str(&format!(
+            "{{\"strategy\":\"extract\",\"request\":{{\"model\":\"gpt-4o\",\"response_format\":{sc},\"messages\":[{{\"role\":\"user\",\"content\":\"x {i}\"}}]}}}}\n"
+        ));
+    }
+    let path = d.write("services.jsonl", log);
+    let fs = findings(&[s(&path)]);
+    let drift = with_rule(&fs, "whitespace-drift");
+    assert_eq!(drift.len(), 1, "{fs:?}");
+    assert_eq!(
+        drift[0]["strategy"], "search",
+        "found when the second variant arrives"
+    );
+    let unstable = with_rule(&fs, "unstable-tools");
+    assert_eq!(unstable.len(), 1, "{fs:?}");
+    assert_eq!(unstable[0]["strategy"], "extract");
+    // Negative: the same prompt formatted alike by both services.
+    let same: String = (0..4)
+        .flat_map(|i| {
+            let b = json!({"model": "gpt-4o", "messages": [
+                {"role": "system", "content": format!("Summarize:\n{text}")},
+                {"role": "user", "content": format!("doc {i}")}]});
+            [
+                log_line("billing", &b) + "\n",
+                log_line("search", &b) + "\n",
+            ]
+        })
+        .collect();
+    let p = d.write("same.jsonl", same);
+    assert!(with_rule(&findings(&[s(&p)]), "whitespace-drift").is_empty());
+}
