@@ -169,9 +169,9 @@ struct Item {
     family: FamilyId,
     dynamic: Arc<[Finding]>,
     drift: Option<Finding>,
-    tools: Option<Box<[u8]>>,
+    tools: RawJson,
     /// The structured-output schema as sent (`response_format`, or Responses' `text`).
-    schema: Option<Box<[u8]>>,
+    schema: RawJson,
 }
 
 /// The token sequences of a run, kept for the gate.
@@ -348,10 +348,13 @@ fn item(
 /// name no strategy can have: it starts with a NUL).
 const ALL_STRATEGIES: &str = "\u{0}all strategies";
 
+/// A JSON value's bytes as sent, when present and not `null`.
+type RawJson = Option<Box<[u8]>>;
+
 /// The `tools` array and the structured-output schema (`response_format`, or the
 /// Responses API's `text`) of a logged request exactly as they were sent: key order
 /// matters for `unstable-tools`, and the parsed body has lost it.
-pub(crate) fn raw_definitions(line: &[u8]) -> (Option<Box<[u8]>>, Option<Box<[u8]>>) {
+pub(crate) fn raw_definitions(line: &[u8]) -> (RawJson, RawJson) {
     #[derive(Deserialize)]
     struct Fields<'a> {
         #[serde(borrow, default)]
@@ -377,7 +380,7 @@ pub(crate) fn raw_definitions(line: &[u8]) -> (Option<Box<[u8]>>, Option<Box<[u8
         },
         None => outer,
     };
-    let own = |v: Option<&RawValue>| -> Option<Box<[u8]>> {
+    let own = |v: Option<&RawValue>| -> RawJson {
         v.filter(|r| r.get() != "null")
             .map(|r| r.get().as_bytes().into())
     };
