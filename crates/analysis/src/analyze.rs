@@ -655,10 +655,15 @@ impl Analysis {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "{}: {} requests in {} strategies{}{}",
+            "{}: {} requests in {} strateg{}{}{}",
             self.input.path,
             self.input.requests,
             self.strategies.len(),
+            if self.strategies.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
             match (&self.input.first_ts, &self.input.last_ts) {
                 (Some(a), Some(b)) => format!(", {a} .. {b}"),
                 _ => String::new(),

@@ -270,13 +270,18 @@ fn savings_chart(rows: &[SimResult]) -> String {
     let bar_h = 22.0;
     let height = TOP + rows.len() as f64 * (bar_h + 8.0) + 30.0;
     let label_w = 200.0;
-    let w = WIDTH - label_w - 150.0;
+    // Room right of the longest bar for its label.
+    let w = WIDTH - label_w - 250.0;
     let mut o = svg_open(height);
     for (i, r) in rows.iter().enumerate() {
         let y = TOP + i as f64 * (bar_h + 8.0);
         let len = if max > 0.0 { value(r) / max * w } else { 0.0 };
         let shown = if dollars {
-            format!("${:.4} saved, {:.1}% hits", r.usd_saved, r.hit_rate * 100.0)
+            format!(
+                "{} saved, {:.1}% hits",
+                usd(r.usd_saved),
+                r.hit_rate * 100.0
+            )
         } else {
             format!(
                 "{} tokens saved, {:.1}% hits",
@@ -308,6 +313,15 @@ fn savings_chart(rows: &[SimResult]) -> String {
         }
     );
     o
+}
+
+/// Dollars with cents, or four decimals under a dollar (small samples).
+fn usd(v: f64) -> String {
+    if v.abs() >= 1.0 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.4}")
+    }
 }
 
 /// Grouped bars: per spec, the cached share of forwarded prompt tokens under `off`,
