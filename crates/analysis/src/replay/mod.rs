@@ -8,7 +8,7 @@
 //!
 //! Exact keys are the proxy's (`core::key::compute_keys` with the logged tenant,
 //! strategy and route), so `exact` hits agree with what the proxy did on the same
-//! traffic. Definitions and the `--json` schema: `docs/analysis.md`.
+//! traffic; derived `prompt_cache_key`s are too (`core::prefix::derived_prompt_cache_key`). Definitions and the `--json` schema: `docs/analysis.md`.
 
 pub mod cache;
 pub mod html;
@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use prefixcache_core::config::{KeyMode, PromptCacheKeyMode};
-use prefixcache_core::key::{CacheKey, KeyInput, Namespace, RequestHash, compute_keys, hex};
-use prefixcache_core::prefix::{FamilyMemo, FamilyParams, conversation_digest, prefix_text};
+use prefixcache_core::key::{CacheKey, KeyInput, Namespace, RequestHash, compute_keys};
+use prefixcache_core::prefix::{FamilyMemo, FamilyParams, derived_prompt_cache_key, prefix_text};
 use prefixcache_core::pricing::{ModelPrice, PriceTable};
 use prefixcache_core::provider::cache::{PromptCacheConfig, PromptCacheSim, Retention};
 use prefixcache_core::provider::prompt::{PromptInfo, TextEncoder, request_prompts_with};
@@ -238,14 +238,17 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
             prompt_len = base.encoding.count(&prefix_text(route, body)) as u64;
         }
         if let Some(pc) = plan.provider {
+            // A caller's own key is kept under every policy; otherwise the proxy's
+            // derivation (the family at the strategy's own granularity).
             let own = body.get("prompt_cache_key").and_then(Value::as_str);
+            let family = (own.is_none()
+                && matches!(route, Route::ChatCompletions | Route::Responses))
+            .then(|| plan.memo.family(route, body, &base).id);
             let derived = |mode: PromptCacheKeyMode| -> Option<String> {
-                if own.is_some() {
-                    return own.map(str::to_string);
+                match own {
+                    Some(k) => Some(k.to_string()),
+                    None => derived_prompt_cache_key(mode, route, body, family.as_ref()),
                 }
-                derived_prompt_cache_key(mode, route, body, || {
-                    plan.memo.family(route, body, &base).id.as_bytes()[..16].to_vec()
-                })
             };
             let keys: Vec<Option<String>> = POLICIES.iter().map(|m| derived(*m)).collect();
             for s in &seqs {
@@ -289,27 +292,6 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
         retention,
         prompts: prompts.into(),
     }))
-}
-
-/// The `prompt_cache_key` the proxy derives for a request that carries none (the same
-/// derivation as `crates/proxy/src/cached.rs`: `pfx-c-` + 16 bytes of the conversation
-/// digest, `pfx-f-` + 16 bytes of the family id; chat and Responses only).
-fn derived_prompt_cache_key(
-    mode: PromptCacheKeyMode,
-    route: Route,
-    body: &serde_json::Map<String, Value>,
-    family: impl FnOnce() -> Vec<u8>,
-) -> Option<String> {
-    match mode {
-        PromptCacheKeyMode::Off => None,
-        PromptCacheKeyMode::Conversation => {
-            conversation_digest(route, body).map(|d| format!("pfx-c-{}", hex(&d[..16])))
-        }
-        PromptCacheKeyMode::Family => match route {
-            Route::ChatCompletions | Route::Responses => Some(format!("pfx-f-{}", hex(&family()))),
-            _ => None,
-        },
-    }
 }
 
 // ---------------------------------------------------------------------------------------
