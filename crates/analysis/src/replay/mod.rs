@@ -8,7 +8,9 @@
 //!
 //! Exact keys are the proxy's (`core::key::compute_keys` with the logged tenant,
 //! strategy and route), so `exact` hits agree with what the proxy did on the same
-//! traffic; derived `prompt_cache_key`s are too (`core::prefix::derived_prompt_cache_key`). Definitions and the `--json` schema: `docs/analysis.md`.
+//! traffic; so are the derived `prompt_cache_key`s
+//! (`core::prefix::derived_prompt_cache_key`). Definitions and the `--json` schema:
+//! `docs/analysis.md`.
 
 pub mod cache;
 pub mod html;
