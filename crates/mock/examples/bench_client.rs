@@ -313,8 +313,10 @@ impl Rng {
 }
 
 /// The article's strategies as templates: (name, share of traffic, instructions). Each
-/// system prompt is padded to about 1,300 tokens so the provider's prompt cache
-/// (≥ 1024 tokens) applies to it, as it would to a real long template.
+/// system prompt is padded to about 1,400 tokens (80 policy sentences), so the provider's
+/// prompt cache (≥ 1024 tokens) can serve it whatever the user content, as it would a real
+/// long template. (With 56 sentences, ~960 tokens, the first cacheable 1024-token prefix
+/// ended inside the user's document, and only exact repeats were ever provider-cached.)
 const TEMPLATES: [(&str, f64, &str); 4] = [
     (
         "document_analysis",
@@ -391,7 +393,7 @@ const WORDS: [&str; 32] = [
 fn system_prompt(template: usize) -> String {
     let (_, _, head) = TEMPLATES[template];
     let mut s = String::from(head);
-    for n in 0..56 {
+    for n in 0..80 {
         s.push(' ');
         s.push_str(&FILLER[(n + template) % FILLER.len()].replace("{n}", &n.to_string()));
     }
