@@ -15,7 +15,8 @@ use crate::config::KeyMode;
 use crate::route::Route;
 
 /// Bumped when the key derivation or canonical form changes, so old entries stop matching.
-pub const CACHE_VERSION: u32 = 1;
+/// 2: the exact-mode key is derived from the request hash instead of rehashing the body.
+pub const CACHE_VERSION: u32 = 2;
 
 /// Top-level request fields that cannot change the model's output, dropped from the key.
 /// `stream`/`stream_options` change only the transport (a hit is rendered in either
@@ -192,9 +193,11 @@ impl KeyError {
 
 /// Derives the cache key and the request hash.
 ///
-/// Key = BLAKE3(namespace ‖ strategy ‖ 0 ‖ version ‖ path ‖ 0 ‖ mode ‖ 0 ‖ canonical body
-/// or family). The request hash covers namespace, path and the canonical body, in its
-/// own derivation domain so it is an independent check on every hit.
+/// Request hash = BLAKE3(namespace ‖ path ‖ 0 ‖ canonical body), in its own derivation
+/// context. Key = BLAKE3(namespace ‖ strategy ‖ 0 ‖ version ‖ path ‖ 0 ‖ mode ‖ 0 ‖
+/// request hash or family), in another: the body is hashed once (it is most of the
+/// cost of a hit), and the key still depends on every byte of it through the request
+/// hash. The entry keeps the request hash, compared on every hit.
 pub fn compute_keys(input: &KeyInput<'_>) -> Result<Keys, KeyError> {
     let KeyInput {
         namespace,
@@ -227,7 +230,7 @@ pub fn compute_keys(input: &KeyInput<'_>) -> Result<Keys, KeyError> {
     kh.update(&[0]);
     match key_mode {
         KeyMode::Exact => {
-            kh.update(&canonical);
+            kh.update(request_hash.as_bytes());
         }
         KeyMode::Prefix => {
             let family = family.ok_or(KeyError::MissingFamily)?;
@@ -260,15 +263,27 @@ fn write_canonical_object(
     top_level: bool,
     normalize: bool,
 ) {
-    // serde_json's Map is a BTreeMap unless `preserve_order` is enabled somewhere in
-    // the dependency graph; sort explicitly so the key never depends on a feature flag.
-    let mut entries: Vec<(&String, &Value)> = map
-        .iter()
-        .filter(|(k, _)| !(top_level && NON_SEMANTIC_FIELDS.contains(&k.as_str())))
-        .collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let keep = |k: &String| !(top_level && NON_SEMANTIC_FIELDS.contains(&k.as_str()));
     out.push(b'{');
-    for (i, (k, v)) in entries.into_iter().enumerate() {
+    // serde_json's Map is a BTreeMap unless `preserve_order` is enabled somewhere in the
+    // dependency graph, so its keys usually come sorted: write them as they are, and sort
+    // only when they do not, so the key never depends on a feature flag.
+    if map.keys().is_sorted() {
+        write_members(out, map.iter().filter(|(k, _)| keep(k)), normalize);
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| keep(k)).collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        write_members(out, entries.into_iter(), normalize);
+    }
+    out.push(b'}');
+}
+
+fn write_members<'a>(
+    out: &mut Vec<u8>,
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+    normalize: bool,
+) {
+    for (i, (k, v)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -276,7 +291,6 @@ fn write_canonical_object(
         out.push(b':');
         write_canonical(out, v, normalize);
     }
-    out.push(b'}');
 }
 
 fn write_canonical(out: &mut Vec<u8>, value: &Value, normalize: bool) {
@@ -302,6 +316,15 @@ fn write_canonical(out: &mut Vec<u8>, value: &Value, normalize: bool) {
 }
 
 fn write_string(out: &mut Vec<u8>, s: &str) {
+    // Most strings need no escaping: copy them in one go. The others take serde_json's
+    // escaper, so both paths write exactly what serde_json would.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing JSON into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -501,6 +524,13 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(text in "\\PC*|[\"\\\\\n\t a-z\u{1}-\u{1f}]{0,12}") {
+            let mut ours = Vec::new();
+            write_string(&mut ours, &text);
+            prop_assert_eq!(ours, serde_json::to_vec(&text).unwrap());
+        }
+
         #[test]
         fn canonicalization_is_idempotent(v in arb_json()) {
             let once = canonical_value(&v);

@@ -145,7 +145,6 @@ async fn handle_inner(
     let family = state
         .families
         .family(route, &body, &FamilyParams::for_strategy(strategy, model));
-    let warning = state.lint_request(strategy, &family);
     let keys = compute_keys(&KeyInput {
         namespace: &namespace,
         strategy: &strategy.name,
@@ -156,7 +155,7 @@ async fn handle_inner(
         normalize_whitespace: strategy.normalize_whitespace,
     })
     .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let family = Some(family.id);
+    let family_id = Some(family.id);
     ctx.key = Some(keys.key);
 
     let ttl = strategy.effective_ttl(directives.ttl);
@@ -168,10 +167,10 @@ async fn handle_inner(
         include_usage: flags.include_usage,
         annotate: strategy.annotate_body,
     };
-    let labels = Labels {
+    let mut labels = Labels {
         key: keys.key,
-        family,
-        warning,
+        family: family_id,
+        warning: None,
     };
     let mut ledger = Ledger {
         started,
@@ -179,7 +178,7 @@ async fn handle_inner(
         strategy: strategy.name.clone(),
         tenant: hex(&namespace_tag(&namespace)),
         key: keys.key,
-        family,
+        family: family_id,
         raw: state.request_log.is_some().then(|| raw.clone()),
         request: None,
     };
@@ -196,6 +195,7 @@ async fn handle_inner(
             ) {
                 Ok(rendered) => {
                     ctx.outcome = Some(Outcome::Hit);
+                    labels.warning = state.lint_request(strategy, &family, false);
                     let age = state.now_ms().saturating_sub(entry.meta.created_at_ms) / 1000;
                     let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
                     set_cache_headers(resp.headers_mut(), Outcome::Hit, &labels);
@@ -226,6 +226,8 @@ async fn handle_inner(
         }
     }
 
+    labels.warning = state.lint_request(strategy, &family, true);
+    let family = family_id;
     let prompt_cache_key = if flags.has_prompt_cache_key {
         // A caller's own key is never overwritten.
         None
@@ -650,8 +652,8 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
             assembler.usage(),
         )
     } else {
-        let (usage, model) = wire::json_usage(plan.route, &body);
-        (wire::json_is_complete(plan.route, &body), model, usage)
+        let summary = wire::json_summary(plan.route, &body);
+        (summary.complete, summary.model, summary.usage)
     };
     let model = model.unwrap_or_default();
     flight.finish(complete, usage, model.clone());
@@ -770,11 +772,7 @@ fn live_response(
                             };
                             out.push(bytes);
                         }
-                        let bytes = match out.len() {
-                            1 => out.pop().unwrap_or_default(),
-                            _ => Bytes::from(out.concat()),
-                        };
-                        Some((Ok(bytes), (reader, next, false, on_finish)))
+                        Some((Ok(coalesce(out)), (reader, next, false, on_finish)))
                     }
                     Next::End(End::Finished { complete }) => {
                         if let Some(f) = on_finish.take()
@@ -792,6 +790,12 @@ fn live_response(
             }
         },
     )
+    .flat_map(|item| {
+        futures_util::stream::iter(match item {
+            Ok(pieces) => pieces.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    })
     .filter(|item| {
         // Skip empty writes (every event of a batch was dropped).
         let keep = !matches!(item, Ok(b) if b.is_empty());
@@ -802,6 +806,23 @@ fn live_response(
     *resp.headers_mut() = headers;
     set_cache_headers(resp.headers_mut(), outcome, labels);
     resp
+}
+
+/// Below this, a batch of chunks is copied into one write (many small SSE events);
+/// above it, chunks are written as they are, so large bodies are never copied.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// The writes for a batch of chunks a reader found at once.
+fn coalesce(mut pieces: Vec<Bytes>) -> Vec<Bytes> {
+    let total: usize = pieces.iter().map(Bytes::len).sum();
+    if pieces.len() > 1 && total <= COALESCE_BYTES {
+        let mut one = Vec::with_capacity(total);
+        for p in pieces.drain(..) {
+            one.extend_from_slice(&p);
+        }
+        pieces.push(Bytes::from(one));
+    }
+    pieces
 }
 
 /// Called when a live response's flight finished complete (a follower's accounting).

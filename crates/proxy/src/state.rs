@@ -20,6 +20,7 @@ use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::reqlog::RequestLog;
 use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::warnings::LintMemo;
 
 /// Shared, cheaply clonable handle to the proxy's state.
 #[derive(Clone, Debug)]
@@ -53,6 +54,8 @@ pub struct Inner {
     pub unpriced: Mutex<HashSet<String>>,
     /// Detects prefixes that differ only in whitespace across requests of a strategy.
     pub drift: WhitespaceDrift,
+    /// Dynamic-content findings per recent family.
+    pub lint_memo: LintMemo,
     /// When each lint rule last wrote a log line (rate limit), in Unix ms.
     pub lint_logged: Mutex<HashMap<&'static str, u64>>,
 }
@@ -157,6 +160,7 @@ impl AppState {
                 prices,
                 unpriced: Mutex::new(HashSet::new()),
                 drift: WhitespaceDrift::default(),
+                lint_memo: LintMemo::default(),
                 lint_logged: Mutex::new(HashMap::new()),
                 config,
             }),

@@ -40,7 +40,10 @@ impl From<UpstreamError> for crate::error::ApiError {
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     client: reqwest::Client,
-    base: String,
+    /// The base URL, parsed once: each request only sets path and query.
+    base: reqwest::Url,
+    /// The base's path without a trailing slash (`""` for an origin).
+    base_path: String,
     /// `Bearer <upstream_api_key>`, used when the caller sends no credential.
     fallback_auth: Option<HeaderValue>,
     /// Time allowed until response headers, and between two body chunks.
@@ -70,9 +73,13 @@ impl UpstreamClient {
             }
             None => None,
         };
+        let base = reqwest::Url::parse(config.upstream.as_str())
+            .map_err(|e| UpstreamError::Unreachable(format!("upstream URL: {e}")))?;
+        let base_path = base.path().trim_end_matches('/').to_string();
         Ok(UpstreamClient {
             client,
-            base: config.upstream.as_str().to_string(),
+            base,
+            base_path,
             fallback_auth,
             timeout: config.upstream_timeout,
         })
@@ -84,14 +91,23 @@ impl UpstreamClient {
 
     /// The upstream URL for a request's path and query. A base that already ends in
     /// `/v1` (as SDK `base_url`s do) is not doubled.
-    pub fn url(&self, path_and_query: &str) -> String {
-        match (
-            self.base.strip_suffix("/v1"),
-            path_and_query.starts_with("/v1/") || path_and_query == "/v1",
-        ) {
-            (Some(origin), true) => format!("{origin}{path_and_query}"),
-            _ => format!("{}{}", self.base, path_and_query),
+    pub fn url(&self, path_and_query: &str) -> reqwest::Url {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let prefix = match self.base_path.strip_suffix("/v1") {
+            Some(p) if path.starts_with("/v1/") || path == "/v1" => p,
+            _ => self.base_path.as_str(),
+        };
+        let mut url = self.base.clone();
+        if prefix.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{prefix}{path}"));
         }
+        url.set_query(query);
+        url
     }
 
     /// The caller's headers as they go upstream: hop-by-hop headers and the proxy's own
@@ -176,16 +192,20 @@ mod tests {
     fn urls_do_not_double_v1() {
         let c = client("https://api.openai.com", None);
         assert_eq!(
-            c.url("/v1/models?x=1"),
+            c.url("/v1/models?x=1").as_str(),
             "https://api.openai.com/v1/models?x=1"
         );
         let c = client("https://api.openai.com/v1/", None);
         assert_eq!(
-            c.url("/v1/chat/completions"),
+            c.url("/v1/chat/completions").as_str(),
             "https://api.openai.com/v1/chat/completions"
         );
         let c = client("http://host/openai", None);
-        assert_eq!(c.url("/v1/models"), "http://host/openai/v1/models");
+        assert_eq!(c.url("/v1/models").as_str(), "http://host/openai/v1/models");
+        assert_eq!(
+            c.url("/other?a=1&b").as_str(),
+            "http://host/openai/other?a=1&b"
+        );
     }
 
     #[test]

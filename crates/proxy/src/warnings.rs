@@ -2,8 +2,12 @@
 //! repeat and for whitespace drift against earlier requests of its strategy, reported
 //! in `x-prefixcache-warning`, `lint_findings_total{rule}` and a rate-limited log line.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use axum::http::HeaderValue;
 use prefixcache_core::config::Strategy;
+use prefixcache_core::key::FamilyId;
 use prefixcache_core::lint::{self, Finding, Severity};
 use prefixcache_core::prefix::Family;
 
@@ -13,17 +17,56 @@ use crate::state::AppState;
 /// At most one log line per rule per this many milliseconds.
 const LOG_EVERY_MS: u64 = 10_000;
 
+/// Families whose dynamic-content findings are remembered before the memo is cleared.
+const MEMO_FAMILIES: usize = 4096;
+
+/// The dynamic-content findings of recent families. They depend only on the family's
+/// window, which recurs on every hit of a template, so each is computed once.
+#[derive(Debug, Default)]
+pub struct LintMemo(Mutex<HashMap<FamilyId, Arc<[Finding]>>>);
+
+impl LintMemo {
+    fn dynamic(&self, family: &Family) -> Arc<[Finding]> {
+        if let Some(f) = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&family.id)
+        {
+            return f.clone();
+        }
+        let found: Arc<[Finding]> = lint::dynamic_prefix(family).into();
+        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if memo.len() >= MEMO_FAMILIES {
+            memo.clear();
+        }
+        memo.insert(family.id, found.clone());
+        found
+    }
+}
+
 impl AppState {
     /// Checks one request's family window; returns the warning header value, if any.
-    /// Costs microseconds: only the first `prefix_granularity` tokens are examined.
-    pub fn lint_request(&self, strategy: &Strategy, family: &Family) -> Option<HeaderValue> {
-        let mut findings = lint::dynamic_prefix(family);
+    /// Dynamic content is looked up per family (see [`LintMemo`]). Whitespace drift is
+    /// observed only when `observe_drift`: the proxy skips it on hits, which repeat a
+    /// window already observed when they first missed.
+    pub fn lint_request(
+        &self,
+        strategy: &Strategy,
+        family: &Family,
+        observe_drift: bool,
+    ) -> Option<HeaderValue> {
+        let dynamic = self.lint_memo.dynamic(family);
         // With normalize_whitespace the family ignores whitespace, so drift costs no hits.
-        if !strategy.normalize_whitespace
-            && let Some(f) = self.drift.observe(&strategy.name, family)
-        {
-            findings.push(f);
+        let drift = if observe_drift && !strategy.normalize_whitespace {
+            self.drift.observe(&strategy.name, family)
+        } else {
+            None
+        };
+        if dynamic.is_empty() && drift.is_none() {
+            return None;
         }
+        let mut findings: Vec<Finding> = dynamic.iter().cloned().chain(drift).collect();
         let strategy = strategy.name.as_str();
         if findings.is_empty() {
             return None;

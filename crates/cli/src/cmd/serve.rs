@@ -84,7 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         flags: args.flags(),
     })
     .context("loading the configuration")?;
-    init_logging(config.log.format);
+    // Held until exit: dropping it flushes the log lines still queued.
+    let _log_guard = init_logging(config.log.format);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -94,17 +95,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a writer thread: a slow or blocked stderr (a full pipe, a
+/// stalled log shipper) must never stall the request path. When its queue is full,
+/// lines are dropped rather than waited for.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

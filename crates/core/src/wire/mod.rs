@@ -134,6 +134,49 @@ struct CompletenessIn {
     data: Option<IgnoredAny>,
 }
 
+/// What the proxy needs to know about a finished non-streamed response, read in one
+/// parse: whether it is complete (see [`json_is_complete`]), its usage and its model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonSummary {
+    pub complete: bool,
+    pub usage: Option<Usage>,
+    pub model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SummaryIn {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(default)]
+    choices: Option<Vec<ChoiceFinishIn>>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    data: Option<IgnoredAny>,
+}
+
+/// [`json_is_complete`] and [`json_usage`] in one parse; a body that does not parse is
+/// incomplete with nothing known.
+pub fn json_summary(route: Route, json: &[u8]) -> JsonSummary {
+    let Ok(s) = serde_json::from_slice::<SummaryIn>(json) else {
+        return JsonSummary::default();
+    };
+    let complete = match route {
+        Route::ChatCompletions | Route::Completions => s
+            .choices
+            .is_some_and(|ch| !ch.is_empty() && ch.iter().all(|c| c.finish_reason.is_some())),
+        Route::Responses => s.status.as_deref() == Some("completed"),
+        Route::Embeddings => s.data.is_some(),
+    };
+    JsonSummary {
+        complete,
+        usage: s.usage.map(UsageIn::normalize),
+        model: s.model,
+    }
+}
+
 #[derive(Deserialize)]
 struct ChoiceFinishIn {
     #[serde(default)]
@@ -333,6 +376,45 @@ impl ObjectWriter {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn summary_agrees_with_usage_and_completeness() {
+        let bodies: [(Route, &str); 6] = [
+            (
+                Route::ChatCompletions,
+                r#"{"model":"m","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1}}}"#,
+            ),
+            (
+                Route::ChatCompletions,
+                r#"{"model":"m","choices":[{"finish_reason":null}]}"#,
+            ),
+            (Route::ChatCompletions, r#"{"choices":[]}"#),
+            (
+                Route::Responses,
+                r#"{"model":"r","status":"completed","usage":{"input_tokens":5,"output_tokens":1}}"#,
+            ),
+            (
+                Route::Embeddings,
+                r#"{"model":"e","data":[],"usage":{"prompt_tokens":4,"total_tokens":4}}"#,
+            ),
+            (
+                Route::Completions,
+                r#"{"model":"c","choices":[{"finish_reason":"length"}],"#,
+            ),
+        ];
+        for (route, body) in bodies {
+            let (usage, model) = json_usage(route, body.as_bytes());
+            let summary = json_summary(route, body.as_bytes());
+            assert_eq!(
+                summary.complete,
+                json_is_complete(route, body.as_bytes()),
+                "{body}"
+            );
+            if summary.complete {
+                assert_eq!((summary.usage, summary.model), (usage, model), "{body}");
+            }
+        }
+    }
 
     #[test]
     fn usage_normalizes_both_namings_and_cache_writes() {
