@@ -54,7 +54,7 @@ impl Source {
 pub struct Ledger {
     pub started: Instant,
     pub route: Route,
-    pub strategy: String,
+    pub strategy: &'static str,
     /// Hex of the first 8 bytes of the caller's namespace.
     pub tenant: String,
     pub key: CacheKey,
@@ -120,7 +120,7 @@ impl AppState {
             log.write(&Record {
                 ts: rfc3339_ms(self.now_ms()),
                 route: ledger.route.as_str(),
-                strategy: &ledger.strategy,
+                strategy: ledger.strategy,
                 tenant: ledger.tenant.clone(),
                 status: end.status,
                 http_status: end.http_status,

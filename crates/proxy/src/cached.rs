@@ -71,7 +71,7 @@ struct Want {
 /// What the request log line and metrics say about one request.
 #[derive(Debug, Default)]
 struct Ctx {
-    strategy: String,
+    strategy: &'static str,
     outcome: Option<Outcome>,
     key: Option<CacheKey>,
 }
@@ -84,7 +84,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         return crate::passthrough::forward(State(state), req).await;
     };
     let mut ctx = Ctx {
-        strategy: "none".into(),
+        strategy: "none",
         ..Default::default()
     };
     let result = handle_inner(&state, route, req, started, &mut ctx).await;
@@ -101,12 +101,12 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     };
     state
         .metrics
-        .request(route.as_str(), &ctx.strategy, status_label, took);
+        .request(route.as_str(), ctx.strategy, status_label, took);
     tracing::info!(
         route = route.as_str(),
         status = resp.status().as_u16(),
         outcome = status_label,
-        strategy = %ctx.strategy,
+        strategy = ctx.strategy,
         latency_ms = took.as_secs_f64() * 1000.0,
         key = %ctx.key.map(|k| k.short_hex()).unwrap_or_default(),
         "request"
@@ -134,7 +134,7 @@ async fn handle_inner(
             header: "x-prefixcache-strategy",
             message,
         })?;
-    ctx.strategy = strategy.name.clone();
+    ctx.strategy = state.strategy_label(&strategy.name);
 
     let namespace = tenant::namespace(
         state.config.cache.tenant,
@@ -175,7 +175,7 @@ async fn handle_inner(
     let mut ledger = Ledger {
         started,
         route,
-        strategy: strategy.name.clone(),
+        strategy: ctx.strategy,
         tenant: hex(&namespace_tag(&namespace)),
         key: keys.key,
         family: family_id,

@@ -27,7 +27,7 @@ const STORE_BUCKETS: [f64; 14] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
-    pub strategy: String,
+    pub strategy: &'static str,
     pub status: &'static str,
 }
 
@@ -230,14 +230,14 @@ impl Metrics {
     pub fn request(
         &self,
         route: &'static str,
-        strategy: &str,
+        strategy: &'static str,
         status: &'static str,
         took: Duration,
     ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
-                strategy: strategy.to_string(),
+                strategy,
                 status,
             })
             .inc();

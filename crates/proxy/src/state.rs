@@ -56,6 +56,8 @@ pub struct Inner {
     pub drift: WhitespaceDrift,
     /// Dynamic-content findings per recent family.
     pub lint_memo: LintMemo,
+    /// Strategy names as `'static` metric labels (see [`AppState::strategy_label`]).
+    strategy_labels: HashMap<String, &'static str>,
     /// When each lint rule last wrote a log line (rate limit), in Unix ms.
     pub lint_logged: Mutex<HashMap<&'static str, u64>>,
 }
@@ -161,6 +163,16 @@ impl AppState {
                 unpriced: Mutex::new(HashSet::new()),
                 drift: WhitespaceDrift::default(),
                 lint_memo: LintMemo::default(),
+                // Leaked once per process: a bounded set (the configured strategies),
+                // so label sets on the hot path need no allocation.
+                strategy_labels: config
+                    .strategies
+                    .iter()
+                    .map(|s| {
+                        let label: &'static str = Box::leak(s.name.clone().into_boxed_str());
+                        (s.name.clone(), label)
+                    })
+                    .collect(),
                 lint_logged: Mutex::new(HashMap::new()),
                 config,
             }),
@@ -174,6 +186,14 @@ impl AppState {
             inner.guard = Some(guard);
         }
         self
+    }
+
+    /// A configured strategy's name as a `'static` label (metrics, logs, ledger).
+    pub fn strategy_label(&self, name: &str) -> &'static str {
+        self.strategy_labels
+            .get(name)
+            .copied()
+            .unwrap_or(prefixcache_core::config::DEFAULT_STRATEGY)
     }
 
     pub fn now_ms(&self) -> u64 {
