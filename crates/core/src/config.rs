@@ -55,6 +55,37 @@ pub const ENV_PREFIX: &str = "PREFIXCACHE_";
 /// `PREFIXCACHE_<SECTION>_<KEY>`. Strategies are tables of tables and are file-only.
 const ENV_SECTIONS: [&str; 5] = ["store", "cache", "log", "admin", "pricing"];
 
+/// Every scalar key an environment variable may set. Other `PREFIXCACHE_*` variables
+/// belong to other tools (`PREFIXCACHE_PYTHON` of the test suite, `PREFIXCACHE_REPLAY_*`
+/// of `replay --live`): they are reported in [`Config::ignored_env`], not rejected.
+pub const ENV_KEYS: [&str; 25] = [
+    "listen",
+    "upstream",
+    "upstream_api_key",
+    "upstream_timeout",
+    "connect_timeout",
+    "drain_timeout",
+    "max_body_bytes",
+    "store.kind",
+    "store.data_dir",
+    "store.memory_bytes",
+    "store.memory_ttl",
+    "store.disk_bytes",
+    "store.redis_url",
+    "store.timeout",
+    "cache.tenant",
+    "cache.tenant_secret",
+    "cache.default_ttl",
+    "cache.stream_finish_timeout",
+    "log.path",
+    "log.max_bytes",
+    "log.keep",
+    "log.format",
+    "admin.listen",
+    "admin.token",
+    "pricing.file",
+];
+
 /// A configuration problem, phrased so the user knows which key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -419,6 +450,9 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// Configured strategies in name order, then `default` (always present).
     pub strategies: Vec<Strategy>,
+    /// `PREFIXCACHE_*` environment variables that set no config key (shown as a warning
+    /// by `serve`: a typo such as `PREFIXCACHE_STORE_KIDN` is ignored, not fatal).
+    pub ignored_env: Vec<String>,
 }
 
 /// The upstream base URL, validated to be http(s) with no trailing slash.
@@ -514,9 +548,14 @@ impl Config {
             Some(text) => toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?,
             None => toml::Table::new(),
         };
+        let mut ignored_env = Vec::new();
         for (name, value) in &layers.env {
-            if let Some(path) = env_key_path(name) {
-                set_dotted(&mut table, &path, value)?;
+            match env_key_path(name) {
+                Some(path) if ENV_KEYS.contains(&path.as_str()) => {
+                    set_dotted(&mut table, &path, value)?;
+                }
+                Some(_) => ignored_env.push(name.clone()),
+                None => {}
             }
         }
         for (dotted, value) in &layers.flags {
@@ -525,7 +564,9 @@ impl Config {
         let raw: RawConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
-        raw.validate()
+        let mut config = raw.validate()?;
+        config.ignored_env = ignored_env;
+        Ok(config)
     }
 
     /// The defaults, as `serve` runs with no file, env or flags.
@@ -829,6 +870,7 @@ impl RawConfig {
             admin,
             pricing,
             strategies,
+            ignored_env: Vec::new(),
         })
     }
 }
@@ -981,6 +1023,52 @@ mod tests {
         assert_eq!(c.store.kind, StoreKind::Memory);
         assert_eq!(c.store.timeout, Duration::from_millis(10));
         assert_eq!(c.cache.default_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn other_tools_prefixcache_variables_are_reported_not_rejected() {
+        let c = Config::load(Layers {
+            env: vec![
+                ("PREFIXCACHE_PYTHON".into(), "/usr/bin/python3".into()),
+                ("PREFIXCACHE_STORE_KIDN".into(), "memory".into()),
+                ("PREFIXCACHE_CONFIG".into(), "x.toml".into()),
+                ("PREFIXCACHE_STORE_KIND".into(), "memory".into()),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.store.kind, StoreKind::Memory);
+        assert_eq!(
+            c.ignored_env,
+            vec!["PREFIXCACHE_PYTHON", "PREFIXCACHE_STORE_KIDN"]
+        );
+    }
+
+    #[test]
+    fn every_env_key_is_a_config_key() {
+        // A value each key accepts; the loader must take every one of them.
+        let sample = |key: &str| match key {
+            "listen" | "admin.listen" => "127.0.0.1:9",
+            "upstream" => "http://127.0.0.1:9",
+            "store.kind" => "memory",
+            "store.redis_url" => "redis://127.0.0.1:6379",
+            "cache.tenant" => "shared",
+            "cache.tenant_secret" => "0123456789abcdef-0123",
+            "log.format" => "json",
+            "log.keep" => "3",
+            k if k.ends_with("bytes") => "1MiB",
+            k if k.ends_with("timeout") || k.ends_with("ttl") => "5s",
+            _ => "some-value",
+        };
+        for key in ENV_KEYS {
+            let var = format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase());
+            let c = Config::load(Layers {
+                env: vec![(var.clone(), sample(key).into())],
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{var}: {e}"));
+            assert!(c.ignored_env.is_empty(), "{var} was ignored");
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .context("loading the configuration")?;
     // Held until exit: dropping it flushes the log lines still queued.
     let _log_guard = init_logging(config.log.format);
+    for name in &config.ignored_env {
+        tracing::warn!(name = %name, "environment variable names no config key; ignored (see docs/configuration.md)");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
