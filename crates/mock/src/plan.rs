@@ -41,38 +41,17 @@ impl Special {
     }
 }
 
-/// Fields that cannot change what a model writes, left out of the content hash so that
-/// e.g. the streamed and the non-streamed form of one request carry the same content.
-const TRANSPORT_FIELDS: [&str; 9] = [
-    "stream",
-    "stream_options",
-    "user",
-    "metadata",
-    "store",
-    "prompt_cache_key",
-    "prompt_cache_retention",
-    "safety_identifier",
-    "service_tier",
-];
-
 /// The hash all generated content of one request derives from: the seed, the route and
-/// the body's canonical JSON (sorted keys, one number form) without [`TRANSPORT_FIELDS`].
+/// the body's canonical JSON (sorted keys, one number form) without the fields that
+/// cannot change what a model writes (`core::key::NON_SEMANTIC_FIELDS`: `stream`,
+/// `user`, `prompt_cache_key`, ...), so e.g. the streamed and the non-streamed form of
+/// one request carry the same content, as the proxy's cache key assumes.
 pub fn content_hash(seed: u64, route: &str, body: &Map<String, Value>) -> blake3::Hash {
     let mut h = blake3::Hasher::new_derive_key("prefixcache-mock 2025 content v1");
     h.update(&seed.to_le_bytes());
     h.update(route.as_bytes());
     h.update(&[0]);
-    let mut keys: Vec<&String> = body
-        .keys()
-        .filter(|k| !TRANSPORT_FIELDS.contains(&k.as_str()))
-        .collect();
-    keys.sort_unstable();
-    for k in keys {
-        h.update(k.as_bytes());
-        h.update(&[0]);
-        h.update(&prefixcache_core::key::canonical_value(&body[k]));
-        h.update(&[0]);
-    }
+    h.update(&prefixcache_core::key::canonical_json(body, false));
     h.finalize()
 }
 
