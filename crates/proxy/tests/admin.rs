@@ -18,15 +18,9 @@ async fn admin_routes_need_the_token_and_purge_by_strategy() {
     .await;
     let body = chat_body("purge me");
     assert_eq!(h.chat(&body).await.cache(), "MISS");
-    let other = Reply::read(
-        h.post("/v1/chat/completions")
-            .header("x-prefixcache-strategy", "other")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let other = h
+        .chat_with(&[("x-prefixcache-strategy", "other")], &body)
+        .await;
     assert_eq!(other.cache(), "MISS");
     h.settle().await;
 
@@ -80,15 +74,9 @@ async fn admin_routes_need_the_token_and_purge_by_strategy() {
         "MISS",
         "the default strategy's entry is gone"
     );
-    let kept = Reply::read(
-        h.post("/v1/chat/completions")
-            .header("x-prefixcache-strategy", "other")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let kept = h
+        .chat_with(&[("x-prefixcache-strategy", "other")], &body)
+        .await;
     assert_eq!(kept.cache(), "HIT", "the other strategy's entry stays");
 
     let bad = Reply::read(

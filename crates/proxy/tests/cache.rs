@@ -90,15 +90,9 @@ async fn another_credential_is_another_namespace() {
     )
     .await;
     assert_eq!(other.cache(), "MISS");
-    let project = Reply::read(
-        h.post("/v1/chat/completions")
-            .header("openai-project", "proj_other")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let project = h
+        .chat_with(&[("openai-project", "proj_other")], &body)
+        .await;
     assert_eq!(
         project.cache(),
         "MISS",
@@ -152,18 +146,17 @@ async fn forwarded_request_carries_include_usage_and_credentials_untouched() {
     let h = Harness::start(Setup::default()).await;
     let mut body = chat_body("forwarding");
     body["stream"] = json!(true);
-    let r = Reply::read(
-        h.post("/v1/chat/completions")
-            .header("openai-organization", "org_1")
-            .header("openai-project", "proj_1")
-            .header("cache-control", "no-store")
-            .header("x-prefixcache-ttl", "60")
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = h
+        .chat_with(
+            &[
+                ("openai-organization", "org_1"),
+                ("openai-project", "proj_1"),
+                ("cache-control", "no-store"),
+                ("x-prefixcache-ttl", "60"),
+            ],
+            &body,
+        )
+        .await;
     assert_eq!(r.status, 200);
     let seen = h
         .mock
@@ -231,12 +224,9 @@ async fn cache_control_and_ttl_headers() {
     let h = Harness::start(Setup::default()).await;
     let body = chat_body("directives");
     let with = |name: &'static str, value: &'static str| {
-        let body = body.clone();
-        let req = h
-            .post("/v1/chat/completions")
-            .header(name, value)
-            .json(&body);
-        async move { Reply::read(req.send().await.unwrap()).await }
+        let body = &body;
+        let h = &h;
+        async move { h.chat_with(&[(name, value)], body).await }
     };
     assert_eq!(with("cache-control", "no-store").await.cache(), "MISS");
     assert_eq!(
@@ -249,15 +239,7 @@ async fn cache_control_and_ttl_headers() {
     assert_eq!(h.upstream_calls(), 3);
 
     let short = chat_body("ttl");
-    let r = Reply::read(
-        h.post("/v1/chat/completions")
-            .header("x-prefixcache-ttl", "10")
-            .json(&short)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = h.chat_with(&[("x-prefixcache-ttl", "10")], &short).await;
     assert_eq!(r.cache(), "MISS");
     h.settle().await;
     assert_eq!(h.chat(&short).await.cache(), "HIT");
@@ -287,15 +269,9 @@ annotate_body = true
 "#,
     ))
     .await;
-    let unknown = Reply::read(
-        h.post("/v1/chat/completions")
-            .header("x-prefixcache-strategy", "nope")
-            .json(&chat_body("x"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let unknown = h
+        .chat_with(&[("x-prefixcache-strategy", "nope")], &chat_body("x"))
+        .await;
     assert_eq!(unknown.status, 400);
     assert!(
         unknown.json()["error"]["message"]
@@ -306,11 +282,11 @@ annotate_body = true
 
     // Sampled requests are not cached by a strategy with cache_sampled = false.
     let strict = |body: serde_json::Value| {
-        let req = h
-            .post("/v1/chat/completions")
-            .header("x-prefixcache-strategy", "strict")
-            .json(&body);
-        async move { Reply::read(req.send().await.unwrap()).await }
+        let h = &h;
+        async move {
+            h.chat_with(&[("x-prefixcache-strategy", "strict")], &body)
+                .await
+        }
     };
     let mut sampled = chat_body("sampled");
     sampled["temperature"] = json!(0.7);
@@ -329,11 +305,11 @@ annotate_body = true
     assert_eq!(h.chat(&body).await.cache(), "MISS");
 
     let annotated = |body: serde_json::Value| {
-        let req = h
-            .post("/v1/chat/completions")
-            .header("x-prefixcache-strategy", "annotated")
-            .json(&body);
-        async move { Reply::read(req.send().await.unwrap()).await }
+        let h = &h;
+        async move {
+            h.chat_with(&[("x-prefixcache-strategy", "annotated")], &body)
+                .await
+        }
     };
     let a = annotated(chat_body("annotate")).await;
     let b = annotated(chat_body("annotate")).await;

@@ -19,11 +19,7 @@ fn slow_mock() -> MockConfig {
 }
 
 async fn fifty(h: &Harness, body: serde_json::Value) -> Vec<Reply> {
-    let sends = (0..50).map(|_| {
-        let req = h.post("/v1/chat/completions").json(&body);
-        async move { Reply::read(req.send().await.unwrap()).await }
-    });
-    futures_util::future::join_all(sends).await
+    futures_util::future::join_all((0..50).map(|_| h.chat(&body))).await
 }
 
 #[tokio::test]
@@ -124,29 +120,10 @@ async fn a_json_follower_of_a_streaming_leader_gets_json() {
     let mut stream = chat_body("mixed forms");
     stream["stream"] = json!(true);
     let json_body = chat_body("mixed forms");
-    let (a, b) = tokio::join!(
-        async {
-            Reply::read(
-                h.post("/v1/chat/completions")
-                    .json(&stream)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        },
-        async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Reply::read(
-                h.post("/v1/chat/completions")
-                    .json(&json_body)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
-    );
+    let (a, b) = tokio::join!(async { h.chat(&stream).await }, async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.chat(&json_body).await
+    });
     assert_eq!((a.cache(), b.cache()), ("MISS", "COALESCED"));
     assert_eq!(b.content(), a.streamed_content());
     assert_eq!(h.upstream_calls(), 1);
@@ -157,11 +134,7 @@ async fn followers_of_a_failed_leader_call_upstream_themselves() {
     let h = Harness::start(Setup::default().mock(slow_mock())).await;
     let mut body = chat_body("failing leader");
     body["model"] = json!("mock-error-500");
-    let sends = (0..10).map(|_| {
-        let req = h.post("/v1/chat/completions").json(&body);
-        async move { Reply::read(req.send().await.unwrap()).await }
-    });
-    let replies = futures_util::future::join_all(sends).await;
+    let replies = futures_util::future::join_all((0..10).map(|_| h.chat(&body))).await;
     assert!(replies.iter().all(|r| r.status == 500));
     assert!(replies.iter().all(|r| r.cache() != "COALESCED"));
     // The leader's call, then one per follower: none was failed by the leader's error.
@@ -172,30 +145,10 @@ async fn followers_of_a_failed_leader_call_upstream_themselves() {
 async fn a_no_cache_request_does_not_join_a_flight() {
     let h = Harness::start(Setup::default().mock(slow_mock())).await;
     let body = chat_body("no-cache does not join");
-    let (a, b) = tokio::join!(
-        async {
-            Reply::read(
-                h.post("/v1/chat/completions")
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        },
-        async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Reply::read(
-                h.post("/v1/chat/completions")
-                    .header("cache-control", "no-cache")
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
-    );
+    let (a, b) = tokio::join!(async { h.chat(&body).await }, async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.chat_with(&[("cache-control", "no-cache")], &body).await
+    });
     assert_eq!((a.cache(), b.cache()), ("MISS", "BYPASS"));
     assert_eq!(h.upstream_calls(), 2);
 }

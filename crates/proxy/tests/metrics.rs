@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{Harness, Reply, Setup, chat_body, metric};
+use common::{Harness, Setup, chat_body, metric};
 use prefixcache_core::key::CacheKey;
 use prefixcache_core::pricing::PriceTable;
 use prefixcache_mock::{Latency, MockConfig};
@@ -105,11 +105,7 @@ async fn scripted_sequence_gives_exact_deltas() {
     assert_eq!(h.chat(&chat_body("metered")).await.cache(), "HIT");
     // 3 identical concurrent requests: 1 miss + 2 coalesced.
     let body = chat_body("metered together");
-    let replies = futures_util::future::join_all((0..3).map(|_| {
-        let req = h.post("/v1/chat/completions").json(&body);
-        async move { Reply::read(req.send().await.unwrap()).await }
-    }))
-    .await;
+    let replies = futures_util::future::join_all((0..3).map(|_| h.chat(&body))).await;
     let together = replies.iter().find(|r| r.cache() == "MISS").unwrap();
     assert_eq!(
         replies.iter().filter(|r| r.cache() == "COALESCED").count(),

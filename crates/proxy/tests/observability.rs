@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Harness, Reply, Setup, chat_body, metric};
+use common::{Harness, Setup, chat_body, metric};
 use prefixcache_mock::MockRoute;
 use serde_json::{Value, json};
 
@@ -72,11 +72,11 @@ async fn family_and_off_policies() {
     ))
     .await;
     let with = |strategy: &'static str, body: Value| {
-        let req = h
-            .post("/v1/chat/completions")
-            .header("x-prefixcache-strategy", strategy)
-            .json(&body);
-        async move { Reply::read(req.send().await.unwrap()).await }
+        let h = &h;
+        async move {
+            h.chat_with(&[("x-prefixcache-strategy", strategy)], &body)
+                .await
+        }
     };
     let r = with("fam", chat_body("family policy")).await;
     let key = forwarded_key(&h).unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Harness, Reply, Setup, metric};
+use common::{Harness, Setup, metric};
 use serde_json::{Value, json};
 
 const CONVERSATIONS: usize = 24;
@@ -46,13 +46,11 @@ async fn run(policy: &str) -> (f64, f64) {
         for (c, history) in histories.iter_mut().enumerate() {
             history.push(json!({"role": "user", "content": user_turn(c, turn)}));
         }
-        let replies = futures_util::future::join_all(histories.iter().map(|messages| {
-            let req = h.post("/v1/chat/completions").json(&json!({
-                "model": "gpt-4o-mini", "temperature": 0, "messages": messages,
-            }));
-            async move { Reply::read(req.send().await.unwrap()).await }
-        }))
-        .await;
+        let bodies: Vec<Value> = histories
+            .iter()
+            .map(|messages| json!({"model": "gpt-4o-mini", "temperature": 0, "messages": messages}))
+            .collect();
+        let replies = futures_util::future::join_all(bodies.iter().map(|b| h.chat(b))).await;
         for (history, reply) in histories.iter_mut().zip(&replies) {
             assert_eq!(reply.status, 200);
             history.push(json!({"role": "assistant", "content": reply.content()}));

@@ -158,6 +158,20 @@ impl Harness {
         self.send("/v1/chat/completions", body).await
     }
 
+    /// POSTs a JSON body to a path with extra request headers.
+    pub async fn send_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+        let mut req = self.post(path).json(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Reply::read(req.send().await.unwrap()).await
+    }
+
+    /// A chat request with extra request headers.
+    pub async fn chat_with(&self, headers: &[(&str, &str)], body: &Value) -> Reply {
+        self.send_with("/v1/chat/completions", headers, body).await
+    }
+
     /// The proxy's `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.client
