@@ -5,8 +5,7 @@
 //! the original call's usage), a forwarded request when the upstream response ends, a
 //! coalesced follower when the response it shared ends.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use prefixcache_core::usage::Usage;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::memo::Memo;
 use crate::metrics::{CacheableLabels, KindLabels, TokenLabels};
 use crate::reqlog::{Record, rfc3339_ms};
 use crate::state::AppState;
@@ -29,7 +29,7 @@ pub const PROVIDER_CACHE_MIN_TOKENS: usize = 1024;
 const UNPRICED_LOGGED: usize = 1000;
 
 /// Memo entries of "is this static prefix long enough?" before it is cleared.
-const CACHEABLE_MEMO_ENTRIES: usize = 4096;
+pub const CACHEABLE_MEMO_ENTRIES: usize = 4096;
 
 /// Where a request's answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +77,7 @@ pub struct Ending<'a> {
 }
 
 /// The cacheable-prefix memo: static prefixes recur, so each is tokenized once.
-#[derive(Debug, Default)]
-pub struct CacheableMemo(Mutex<HashMap<[u8; 32], bool>>);
+pub type CacheableMemo = Memo<[u8; 32], bool>;
 
 impl AppState {
     /// Records tokens, dollars and the request-log line of a request that ended.
@@ -167,26 +166,17 @@ impl AppState {
             // Routes without a static part (legacy completions): the prompt length decides.
             return true;
         };
-        let memo = self.cacheable.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = memo.get(&digest) {
-            return *known;
-        }
-        drop(memo);
-        // Counting stops at 1024 tokens, so a long static prefix costs no more.
-        let n = count_prefix_tokens(
-            ledger.route,
-            body,
-            PrefixScope::Static,
-            encoding_for_model(model).encoding,
-            false,
-            PROVIDER_CACHE_MIN_TOKENS,
-        );
-        let cacheable = n >= PROVIDER_CACHE_MIN_TOKENS;
-        let mut memo = self.cacheable.0.lock().unwrap_or_else(|p| p.into_inner());
-        if memo.len() >= CACHEABLE_MEMO_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(digest, cacheable);
-        cacheable
+        self.cacheable.get_or_compute(digest, || {
+            // Counting stops at 1024 tokens, so a long static prefix costs no more.
+            let n = count_prefix_tokens(
+                ledger.route,
+                body,
+                PrefixScope::Static,
+                encoding_for_model(model).encoding,
+                false,
+                PROVIDER_CACHE_MIN_TOKENS,
+            );
+            n >= PROVIDER_CACHE_MIN_TOKENS
+        })
     }
 }

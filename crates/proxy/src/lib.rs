@@ -18,6 +18,7 @@
 //! - [`tenant`]: callers' namespaces and the tenant secret.
 //! - [`headers`]: the contract's request and response headers.
 //! - [`admin`]: `/admin/stats` and `/admin/purge`.
+//! - [`memo`]: a bounded memo for facts about recurring prompt parts.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: errors in OpenAI's JSON shape.
 
@@ -27,6 +28,7 @@ pub mod cached;
 pub mod error;
 pub mod flight;
 pub mod headers;
+pub mod memo;
 pub mod metrics;
 pub mod passthrough;
 pub mod reqlog;

@@ -158,11 +158,11 @@ impl AppState {
                 metrics: Metrics::new(),
                 tasks: TaskTracker::new(),
                 request_log,
-                cacheable: CacheableMemo::default(),
+                cacheable: CacheableMemo::new(crate::accounting::CACHEABLE_MEMO_ENTRIES),
                 prices,
                 unpriced: Mutex::new(HashSet::new()),
                 drift: WhitespaceDrift::default(),
-                lint_memo: LintMemo::default(),
+                lint_memo: LintMemo::new(crate::warnings::MEMO_FAMILIES),
                 // Leaked once per process: a bounded set (the configured strategies),
                 // so label sets on the hot path need no allocation.
                 strategy_labels: config

@@ -2,8 +2,7 @@
 //! repeat and for whitespace drift against earlier requests of its strategy, reported
 //! in `x-prefixcache-warning`, `lint_findings_total{rule}` and a rate-limited log line.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use prefixcache_core::config::Strategy;
@@ -11,6 +10,7 @@ use prefixcache_core::key::FamilyId;
 use prefixcache_core::lint::{self, Finding, Severity};
 use prefixcache_core::prefix::Family;
 
+use crate::memo::Memo;
 use crate::metrics::RuleLabels;
 use crate::state::AppState;
 
@@ -18,32 +18,11 @@ use crate::state::AppState;
 const LOG_EVERY_MS: u64 = 10_000;
 
 /// Families whose dynamic-content findings are remembered before the memo is cleared.
-const MEMO_FAMILIES: usize = 4096;
+pub const MEMO_FAMILIES: usize = 4096;
 
 /// The dynamic-content findings of recent families. They depend only on the family's
 /// window, which recurs on every hit of a template, so each is computed once.
-#[derive(Debug, Default)]
-pub struct LintMemo(Mutex<HashMap<FamilyId, Arc<[Finding]>>>);
-
-impl LintMemo {
-    fn dynamic(&self, family: &Family) -> Arc<[Finding]> {
-        if let Some(f) = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&family.id)
-        {
-            return f.clone();
-        }
-        let found: Arc<[Finding]> = lint::dynamic_prefix(family).into();
-        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if memo.len() >= MEMO_FAMILIES {
-            memo.clear();
-        }
-        memo.insert(family.id, found.clone());
-        found
-    }
-}
+pub type LintMemo = Memo<FamilyId, Arc<[Finding]>>;
 
 impl AppState {
     /// Checks one request's family window; returns the warning header value, if any.
@@ -56,7 +35,9 @@ impl AppState {
         family: &Family,
         observe_drift: bool,
     ) -> Option<HeaderValue> {
-        let dynamic = self.lint_memo.dynamic(family);
+        let dynamic = self
+            .lint_memo
+            .get_or_compute(family.id, || lint::dynamic_prefix(family).into());
         // With normalize_whitespace the family ignores whitespace, so drift costs no hits.
         let drift = if observe_drift && !strategy.normalize_whitespace {
             self.drift.observe(&strategy.name, family)
