@@ -4,6 +4,8 @@
 //! fields; older models unchanged. Expected values are computed from the prompt sizes the
 //! mock reports, never from the simulation itself.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns parse replies the mock must give
+
 mod common;
 
 use std::sync::Arc;
