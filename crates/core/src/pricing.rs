@@ -412,9 +412,23 @@ mod tests {
         ] {
             assert!(close(share(m), s), "{m}: {}", share(m));
         }
-        // Writes are charged only from GPT-5.6 on, at 1.25x input.
-        let (_, sol) = t.lookup("gpt-5.6-sol").unwrap();
-        assert!(close(sol.base.cache_write, 1.25 * sol.base.input));
+        // Writes are charged only from GPT-5.6 on, at 1.25x input, in every tier.
+        for m in [
+            "gpt-5.6",
+            "gpt-5.6-sol",
+            "gpt-5.6-terra",
+            "gpt-5.6-luna",
+            "gpt-6-sol",
+            "gpt-6.1-sol",
+            "gpt-6.2-sol",
+            "gpt-6-luna",
+            "gpt-6.1-terra",
+        ] {
+            let (_, p) = t.lookup(m).unwrap();
+            for r in std::iter::once(&p.base).chain(p.tiers.iter().map(|t| &t.rates)) {
+                assert!(close(r.cache_write, 1.25 * r.input), "{m}");
+            }
+        }
         let (_, g4o) = t.lookup("gpt-4o").unwrap();
         assert_eq!(g4o.base.cache_write, g4o.base.input);
     }
@@ -447,6 +461,10 @@ mod tests {
         assert_eq!(name("gpt-5-mini-2025-08-07").as_deref(), Some("gpt-5-mini"));
         assert_eq!(name("gpt-5.1-codex").as_deref(), Some("gpt-5.1"));
         assert_eq!(name("gpt-5.6-sol-pro").as_deref(), Some("gpt-5.6-sol"));
+        assert_eq!(
+            name("gpt-6.2-sol-2026-11-17").as_deref(),
+            Some("gpt-6.2-sol")
+        );
         // No "-" after the prefix: not the same model.
         assert_eq!(name("gpt-4.5-preview"), None);
         assert_eq!(name("gpt-5.9"), None);
@@ -498,9 +516,25 @@ mod tests {
             above.usd,
             (172_001.0 * 5.0 + 100_000.0 * 0.5 + 1_000.0 * 22.5) / 1e6
         ));
+        // OpenAI's Luna page: ">272K input tokens are priced at 2x input".
         let (_, luna) = t.lookup("gpt-5.6-luna").unwrap();
-        assert_eq!(luna.rates_for(200_000).input, 0.20);
-        assert_eq!(luna.rates_for(200_001).input, 0.40);
+        assert_eq!(luna.rates_for(272_000).input, 0.20);
+        assert_eq!(luna.rates_for(272_001).input, 0.40);
+    }
+
+    #[test]
+    fn a_gpt_5_6_write_costs_a_quarter_more_than_input() {
+        // gpt-5.6-terra: $2.00 input, $0.20 cached, $2.50 write, $12.00 output per 1M.
+        // 10_000 prompt tokens: 8_000 read, 1_900 written, 100 uncached; 200 output.
+        let c = PriceTable::builtin()
+            .cost("gpt-5.6-terra", &usage(10_000, 200, 8_000, 1_900))
+            .unwrap();
+        assert!(close(c.input_usd, 100.0 * 2.0 / 1e6));
+        assert!(close(c.cached_usd, 8_000.0 * 0.2 / 1e6));
+        assert!(close(c.cache_write_usd, 1_900.0 * 2.5 / 1e6));
+        assert!(close(c.output_usd, 200.0 * 12.0 / 1e6));
+        // 0.0002 + 0.0016 + 0.00475 + 0.0024
+        assert!(close(c.usd, 0.00895));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! rendered as a `chat.completion` object or as `chat.completion.chunk` events.
 
 use bytes::Bytes;
-use prefixcache_core::provider::prompt::{PromptBuilder, chat_prompt};
+use prefixcache_core::provider::prompt::{PromptBuilder, PromptSeq, chat_prompt};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -106,7 +106,7 @@ pub(crate) fn prepare(
     body: &Map<String, Value>,
     model: &str,
     ctx: &PrepareCtx,
-) -> Result<(Vec<u32>, ChatPlan), ApiError> {
+) -> Result<(PromptSeq, ChatPlan), ApiError> {
     let enc = plan::encoding(model);
     let messages = match body.get("messages") {
         None | Some(Value::Null) => return Err(ApiError::missing("messages")),
@@ -210,7 +210,7 @@ pub(crate) fn prepare(
         choices,
         fingerprint: plan::system_fingerprint(model),
     };
-    Ok((b.finish(), plan))
+    Ok((b.finish_seq(), plan))
 }
 
 /// Per-request values of a rendering.
@@ -221,6 +221,8 @@ pub struct RenderCtx<'a> {
     pub model: &'a str,
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
+    /// `Some` for models that report cache writes (GPT-5.6 and later).
+    pub cache_write_tokens: Option<u64>,
     pub include_usage: bool,
 }
 
@@ -228,6 +230,8 @@ pub struct RenderCtx<'a> {
 pub(crate) struct PromptDetails {
     pub cached_tokens: u64,
     pub audio_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -248,7 +252,13 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
-    pub(crate) fn new(prompt: u64, cached: u64, completion: u64, reasoning: u64) -> Usage {
+    pub(crate) fn new(
+        prompt: u64,
+        cached: u64,
+        written: Option<u64>,
+        completion: u64,
+        reasoning: u64,
+    ) -> Usage {
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
@@ -256,6 +266,7 @@ impl Usage {
             prompt_tokens_details: PromptDetails {
                 cached_tokens: cached,
                 audio_tokens: 0,
+                cache_write_tokens: written,
             },
             completion_tokens_details: CompletionDetails {
                 reasoning_tokens: reasoning,
@@ -402,6 +413,7 @@ pub(crate) fn render_json(p: &ChatPlan, r: &RenderCtx<'_>) -> Bytes {
         usage: Usage::new(
             r.prompt_tokens,
             r.cached_tokens,
+            r.cache_write_tokens,
             p.completion_tokens,
             p.reasoning_tokens,
         ),
@@ -589,6 +601,7 @@ pub(crate) fn render_events(p: &ChatPlan, r: &RenderCtx<'_>) -> Vec<Bytes> {
             usage: Some(Some(Usage::new(
                 r.prompt_tokens,
                 r.cached_tokens,
+                r.cache_write_tokens,
                 p.completion_tokens,
                 p.reasoning_tokens,
             ))),

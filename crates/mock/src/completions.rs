@@ -195,6 +195,7 @@ pub(crate) fn render_json(p: &CompletionsPlan, r: &RenderCtx<'_>) -> Bytes {
         usage: Some(Usage::new(
             r.prompt_tokens,
             r.cached_tokens,
+            None,
             p.completion_tokens,
             0,
         )),
@@ -267,6 +268,7 @@ pub(crate) fn render_events(p: &CompletionsPlan, r: &RenderCtx<'_>) -> Vec<Bytes
             usage: Some(Usage::new(
                 r.prompt_tokens,
                 r.cached_tokens,
+                None,
                 p.completion_tokens,
                 0,
             )),

@@ -11,6 +11,8 @@
 //! - [`server`]: [`Mock`] (shared state, counters), [`app`], [`serve`], [`spawn_local`].
 //! - [`stats`]: request counters and recorded requests.
 //! - `plan`: parsing a request into a prepared answer; special models; the tool rule.
+//! - `cache_options`: `prompt_cache_options` / `prompt_cache_breakpoint` validation and
+//!   the cache policy (block rules before GPT-5.6, breakpoint rules after).
 //! - `chat`, `completions`, `embeddings`, `responses`, `models`: one file per route.
 //! - [`prompt`], [`prompt_cache`]: prompt token sequences and the simulated provider
 //!   prompt cache; re-exported from `prefixcache_core::provider`, where they live so the
@@ -20,6 +22,7 @@
 //! - `error`: OpenAI-shaped errors.
 //! - [`clock`], [`rng`], [`words`]: injectable time, seeded randomness, the vocabulary.
 
+mod cache_options;
 mod chat;
 pub mod clock;
 mod completions;

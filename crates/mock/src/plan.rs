@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::generate::{self, Pieces};
-use crate::prompt_cache::Retention;
 use crate::rng::{SplitMix64, alnum};
+use crate::stats::MockRoute;
 
 /// Behaviour selected by a special model name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,16 @@ impl Special {
 /// cannot change what a model writes (`core::key::NON_SEMANTIC_FIELDS`: `stream`,
 /// `user`, `prompt_cache_key`, ...), so e.g. the streamed and the non-streamed form of
 /// one request carry the same content, as the proxy's cache key assumes.
+/// Cache breakpoints and `prompt_cache_options` are left out too: they steer the
+/// provider's cache, not what the model writes.
 pub fn content_hash(seed: u64, route: &str, body: &Map<String, Value>) -> blake3::Hash {
+    let mock_route = match route {
+        "chat" => MockRoute::ChatCompletions,
+        "responses" => MockRoute::Responses,
+        _ => MockRoute::Other,
+    };
+    let stripped = crate::cache_options::without_cache_markers(mock_route, body);
+    let body = stripped.as_ref().unwrap_or(body);
     let mut h = blake3::Hasher::new_derive_key("prefixcache-mock 2025 content v1");
     h.update(&seed.to_le_bytes());
     h.update(route.as_bytes());
@@ -147,13 +156,6 @@ pub fn include_usage(body: &Map<String, Value>) -> bool {
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false)
-}
-
-/// `prompt_cache_key` and `prompt_cache_retention`.
-pub fn cache_params(body: &Map<String, Value>) -> Result<(Option<String>, Retention), ApiError> {
-    let key = str_field(body, "prompt_cache_key")?.map(str::to_string);
-    let retention = Retention::from_request(str_field(body, "prompt_cache_retention")?);
-    Ok((key, retention))
 }
 
 /// Whether a model reasons before answering (and reports `reasoning_tokens`).

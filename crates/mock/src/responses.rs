@@ -3,7 +3,7 @@
 //! models; the `response` object, or the typed event stream with `sequence_number`.
 
 use bytes::Bytes;
-use prefixcache_core::provider::prompt::{PromptBuilder, responses_prompt};
+use prefixcache_core::provider::prompt::{PromptBuilder, PromptSeq, responses_prompt};
 use serde_json::{Map, Value, json};
 
 use crate::chat::{PrepareCtx, tool_choice};
@@ -85,7 +85,7 @@ pub(crate) fn prepare(
     body: &Map<String, Value>,
     model: &str,
     ctx: &PrepareCtx,
-) -> Result<(Vec<u32>, ResponsesPlan), ApiError> {
+) -> Result<(PromptSeq, ResponsesPlan), ApiError> {
     let enc = plan::encoding(model);
     if let Some(prev) = plan::str_field(body, "previous_response_id")? {
         // The mock stores no responses, so a reference to one cannot resolve.
@@ -200,7 +200,7 @@ pub(crate) fn prepare(
         metadata: body.get("metadata").cloned().unwrap_or(json!({})),
     };
     Ok((
-        b.finish(),
+        b.finish_seq(),
         ResponsesPlan {
             generated,
             reasoning_id,
@@ -219,6 +219,10 @@ pub struct RenderCtx<'a> {
     pub model: &'a str,
     pub input_tokens: u64,
     pub cached_tokens: u64,
+    /// GPT-5.6 and later: tokens written, of which with a 12-hour lifetime.
+    pub cache_write: Option<(u64, u64)>,
+    /// GPT-5.6 and later: `prompt_cache_options` as applied (`mode`, `ttl`).
+    pub cache_options: Option<(&'static str, &'static str)>,
 }
 
 fn reasoning_item(id: &str) -> Value {
@@ -281,9 +285,20 @@ fn response_object(p: &ResponsesPlan, r: &RenderCtx<'_>, final_state: bool) -> V
     let e = &p.echo;
     let (status, incomplete, output, usage) = if final_state {
         let g = &p.generated;
+        let details = match r.cache_write {
+            None => json!({"cached_tokens": r.cached_tokens}),
+            Some((written, h12)) => json!({
+                "cached_tokens": r.cached_tokens,
+                "cache_write_tokens": written,
+                "cache_write_tokens_details": {
+                    "ttl_30m_tokens": written - h12.min(written),
+                    "ttl_12h_tokens": h12
+                }
+            }),
+        };
         let usage = json!({
             "input_tokens": r.input_tokens,
-            "input_tokens_details": {"cached_tokens": r.cached_tokens},
+            "input_tokens_details": details,
             "output_tokens": g.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": g.reasoning_tokens},
             "total_tokens": r.input_tokens + g.completion_tokens
@@ -306,7 +321,7 @@ fn response_object(p: &ResponsesPlan, r: &RenderCtx<'_>, final_state: bool) -> V
     } else {
         ("in_progress", Value::Null, json!([]), Value::Null)
     };
-    json!({
+    let mut obj = json!({
         "id": r.id,
         "object": "response",
         "created_at": r.created_at,
@@ -336,7 +351,14 @@ fn response_object(p: &ResponsesPlan, r: &RenderCtx<'_>, final_state: bool) -> V
         "usage": usage,
         "user": e.user,
         "metadata": e.metadata
-    })
+    });
+    if let (Some((mode, ttl)), Some(o)) = (r.cache_options, obj.as_object_mut()) {
+        o.insert(
+            "prompt_cache_options".into(),
+            json!({"mode": mode, "ttl": ttl}),
+        );
+    }
+    obj
 }
 
 pub(crate) fn render_json(p: &ResponsesPlan, r: &RenderCtx<'_>) -> Bytes {

@@ -18,13 +18,14 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache_options::{CacheRequest, cache_request};
 use crate::chat::{self, ChatPlan, PrepareCtx};
 use crate::completions::{self, CompletionsPlan};
 use crate::config::{Latency, MockConfig};
 use crate::error::ApiError;
 use crate::plan::{self, Special};
-use crate::prompt::PromptInfo;
-use crate::prompt_cache::{PromptCacheSim, Retention};
+use crate::prompt::{Mark, PromptInfo};
+use crate::prompt_cache::{BreakpointMode, CachePolicy, PromptCacheSim};
 use crate::responses::{self, ResponsesPlan};
 use crate::rng::{SplitMix64, alnum, mix64};
 use crate::sse::{self, Pacing};
@@ -58,7 +59,7 @@ pub(crate) struct Plan {
     special: Special,
     stream: bool,
     include_usage: bool,
-    retention: Retention,
+    policy: CachePolicy,
     prompts: Vec<PromptInfo>,
     prompt_tokens: u64,
     kind: Kind,
@@ -221,13 +222,16 @@ impl Mock {
         let stream =
             route != MockRoute::Embeddings && plan::bool_field(&map, "stream")?.unwrap_or(false);
         let include_usage = plan::include_usage(&map);
-        let (cache_key, retention) = plan::cache_params(&map)?;
+        let CacheRequest {
+            key: cache_key,
+            policy,
+        } = cache_request(route, &model, &map)?;
         let mut plan = Plan {
             model,
             special,
             stream,
             include_usage,
-            retention,
+            policy,
             prompts: Vec::new(),
             prompt_tokens: 0,
             kind: Kind::Empty,
@@ -241,9 +245,10 @@ impl Mock {
             output_tokens: self.config.output_tokens.clone(),
         };
         let pc = &self.config.prompt_cache;
-        let info = |tokens: &[u32]| {
-            PromptInfo::new(
+        let info = |tokens: &[u32], marks: &[Mark]| {
+            PromptInfo::with_marks(
                 tokens,
+                marks,
                 pc.step_tokens,
                 pc.route_tokens,
                 cache_key.as_deref(),
@@ -251,18 +256,18 @@ impl Mock {
         };
         match route {
             MockRoute::ChatCompletions => {
-                let (tokens, p) = chat::prepare(&map, &plan.model, &ctx)?;
-                plan.prompts.push(info(&tokens));
+                let (seq, p) = chat::prepare(&map, &plan.model, &ctx)?;
+                plan.prompts.push(info(&seq.tokens, &seq.marks));
                 plan.kind = Kind::Chat(p);
             }
             MockRoute::Completions => {
                 let (prompts, p) = completions::prepare(&map, &plan.model, &ctx)?;
-                plan.prompts = prompts.iter().map(|t| info(t)).collect();
+                plan.prompts = prompts.iter().map(|t| info(t, &[])).collect();
                 plan.kind = Kind::Completions(p);
             }
             MockRoute::Responses => {
-                let (tokens, p) = responses::prepare(&map, &plan.model, &ctx)?;
-                plan.prompts.push(info(&tokens));
+                let (seq, p) = responses::prepare(&map, &plan.model, &ctx)?;
+                plan.prompts.push(info(&seq.tokens, &seq.marks));
                 plan.kind = Kind::Responses(Box::new(p));
             }
             MockRoute::Embeddings => {
@@ -471,15 +476,19 @@ async fn answer(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let cached_tokens: u64 = if plan.prompts.is_empty() {
-        0
+    let cache = if plan.prompts.is_empty() {
+        CacheUse::default()
     } else {
         let now = mock.config.clock.now_ms();
         let mut sim = mock.sim.lock().unwrap_or_else(|p| p.into_inner());
-        plan.prompts
-            .iter()
-            .map(|p| sim.serve(p, plan.retention, now).cached_tokens)
-            .sum()
+        plan.prompts.iter().fold(CacheUse::default(), |acc, p| {
+            let o = sim.serve_with(p, plan.policy, now);
+            CacheUse {
+                cached: acc.cached + o.cached_tokens,
+                written: acc.written + o.cache_write_tokens,
+                written_12h: acc.written_12h + o.cache_write_12h_tokens,
+            }
+        })
     };
     let cut = plan.special == Special::CutStream;
     let created = unix_now();
@@ -489,15 +498,15 @@ async fn answer(
         let events = match &plan.kind {
             Kind::Chat(p) => {
                 let id = mock.next_id("chatcmpl-", 29);
-                chat::render_events(p, &chat_ctx(&plan, &id, created, cached_tokens))
+                chat::render_events(p, &chat_ctx(&plan, &id, created, cache))
             }
             Kind::Completions(p) => {
                 let id = mock.next_id("cmpl-", 29);
-                completions::render_events(p, &chat_ctx(&plan, &id, created, cached_tokens))
+                completions::render_events(p, &chat_ctx(&plan, &id, created, cache))
             }
             Kind::Responses(p) => {
                 let id = format!("resp_{}", hex48(mock));
-                responses::render_events(p, &responses_ctx(&plan, &id, created, cached_tokens))
+                responses::render_events(p, &responses_ctx(&plan, &id, created, cache))
             }
             Kind::Embeddings(_) | Kind::Empty => Vec::new(),
         };
@@ -517,15 +526,15 @@ async fn answer(
     let bytes = match &plan.kind {
         Kind::Chat(p) => {
             let id = mock.next_id("chatcmpl-", 29);
-            chat::render_json(p, &chat_ctx(&plan, &id, created, cached_tokens))
+            chat::render_json(p, &chat_ctx(&plan, &id, created, cache))
         }
         Kind::Completions(p) => {
             let id = mock.next_id("cmpl-", 29);
-            completions::render_json(p, &chat_ctx(&plan, &id, created, cached_tokens))
+            completions::render_json(p, &chat_ctx(&plan, &id, created, cache))
         }
         Kind::Responses(p) => {
             let id = format!("resp_{}", hex48(mock));
-            responses::render_json(p, &responses_ctx(&plan, &id, created, cached_tokens))
+            responses::render_json(p, &responses_ctx(&plan, &id, created, cache))
         }
         Kind::Embeddings(b) => b.clone(),
         Kind::Empty => Bytes::new(),
@@ -564,13 +573,27 @@ fn hex48(mock: &Mock) -> String {
     )
 }
 
-fn chat_ctx<'a>(plan: &'a Plan, id: &'a str, created: u64, cached: u64) -> chat::RenderCtx<'a> {
+/// What one request read from and wrote to the simulated prompt cache.
+#[derive(Debug, Clone, Copy, Default)]
+struct CacheUse {
+    cached: u64,
+    written: u64,
+    written_12h: u64,
+}
+
+/// Whether usage reports writes: under the GPT-5.6 rules only.
+fn reports_writes(plan: &Plan) -> bool {
+    matches!(plan.policy, CachePolicy::Breakpoints { .. })
+}
+
+fn chat_ctx<'a>(plan: &'a Plan, id: &'a str, created: u64, c: CacheUse) -> chat::RenderCtx<'a> {
     chat::RenderCtx {
         id,
         created,
         model: &plan.model,
         prompt_tokens: plan.prompt_tokens,
-        cached_tokens: cached,
+        cached_tokens: c.cached,
+        cache_write_tokens: reports_writes(plan).then_some(c.written),
         include_usage: plan.include_usage,
     }
 }
@@ -579,14 +602,26 @@ fn responses_ctx<'a>(
     plan: &'a Plan,
     id: &'a str,
     created: u64,
-    cached: u64,
+    c: CacheUse,
 ) -> responses::RenderCtx<'a> {
+    let cache_options = match plan.policy {
+        CachePolicy::Breakpoints { mode, ttl } => Some((
+            match mode {
+                BreakpointMode::Implicit => "implicit",
+                BreakpointMode::Explicit => "explicit",
+            },
+            ttl.as_str(),
+        )),
+        CachePolicy::Blocks(_) => None,
+    };
     responses::RenderCtx {
         id,
         created_at: created,
         model: &plan.model,
         input_tokens: plan.prompt_tokens,
-        cached_tokens: cached,
+        cached_tokens: c.cached,
+        cache_write: reports_writes(plan).then_some((c.written, c.written_12h)),
+        cache_options,
     }
 }
 

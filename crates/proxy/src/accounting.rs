@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use prefixcache_core::key::{CacheKey, FamilyId};
 use prefixcache_core::prefix::{PrefixScope, count_prefix_tokens, scope_digest};
+use prefixcache_core::pricing::Cost;
 use prefixcache_core::route::Route;
 use prefixcache_core::tokenizer::encoding_for_model;
 use prefixcache_core::usage::Usage;
@@ -90,18 +91,32 @@ impl AppState {
                 ("prompt", u.prompt_tokens),
                 ("completion", u.completion_tokens),
                 ("cached_prompt", u.cached_tokens),
+                ("cache_write_prompt", u.cache_write_tokens),
             ] {
                 m.tokens
                     .get_or_create(&TokenLabels { kind, source })
                     .inc_by(n);
             }
-            cost = self.price(end.model, u);
-            if let Some(usd) = cost {
+            let parts = self.price(end.model, u);
+            cost = parts.map(|c| c.usd);
+            if let Some(c) = parts {
                 let kind = match end.source {
                     Source::Upstream => "spent",
                     Source::Cache => "saved",
                 };
-                m.cost_usd.get_or_create(&KindLabels { kind }).inc_by(usd);
+                m.cost_usd.get_or_create(&KindLabels { kind }).inc_by(c.usd);
+                if end.source == Source::Upstream {
+                    // The provider-cache part of what was spent: reads at the cached rate,
+                    // writes at the write rate (GPT-5.6 and later charge 1.25x input).
+                    for (kind, usd) in [
+                        ("cache_read", c.cached_usd),
+                        ("cache_write", c.cache_write_usd),
+                    ] {
+                        m.provider_cache_usd
+                            .get_or_create(&KindLabels { kind })
+                            .inc_by(usd);
+                    }
+                }
             }
             if end.source == Source::Upstream && ledger.route != Route::Embeddings {
                 let cacheable = self.provider_cacheable(ledger, end.model, u);
@@ -135,11 +150,11 @@ impl AppState {
         }
     }
 
-    /// Dollars for `usage` on `model` under the pricing table; `None` when the model is
-    /// not in the table (tokens are still counted).
-    pub fn price(&self, model: &str, usage: &Usage) -> Option<f64> {
+    /// Dollars for `usage` on `model` under the pricing table, by part; `None` when the
+    /// model is not in the table (tokens are still counted).
+    pub fn price(&self, model: &str, usage: &Usage) -> Option<Cost> {
         if let Some(cost) = self.prices.cost(model, usage) {
-            return Some(cost.usd);
+            return Some(cost);
         }
         let mut unpriced = self.unpriced.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: a caller inventing model names must not grow memory.

@@ -98,6 +98,7 @@ pub struct Metrics {
     pub store_degraded: Gauge,
     pub tokens: Family<TokenLabels, Counter>,
     pub cost_usd: Family<KindLabels, Counter<f64, AtomicU64>>,
+    pub provider_cache_usd: Family<KindLabels, Counter<f64, AtomicU64>>,
     pub coalesced: Counter,
     pub lint_findings: Family<RuleLabels, Counter>,
     pub inflight_upstream: Gauge,
@@ -173,7 +174,7 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "tokens",
-            "Tokens by kind (prompt, completion, cached_prompt) and source (upstream: paid for; cache: answered from the response cache)",
+            "Tokens by kind (prompt, completion, cached_prompt, cache_write_prompt) and source (upstream: paid for; cache: answered from the response cache)",
             tokens.clone(),
         );
         let cost_usd = Family::<KindLabels, Counter<f64, AtomicU64>>::default();
@@ -181,6 +182,12 @@ impl Metrics {
             "cost_usd",
             "US dollars spent on upstream calls and saved by cache hits, under the pricing table",
             cost_usd.clone(),
+        );
+        let provider_cache_usd = Family::<KindLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "provider_cache_usd",
+            "US dollars of upstream calls spent on the provider's prompt cache: cache_read (cached input) and cache_write (cache writes, GPT-5.6 and later)",
+            provider_cache_usd.clone(),
         );
         let coalesced = Counter::default();
         registry.register(
@@ -220,6 +227,7 @@ impl Metrics {
             store_degraded,
             tokens,
             cost_usd,
+            provider_cache_usd,
             coalesced,
             lint_findings,
             inflight_upstream,

@@ -196,3 +196,60 @@ async fn scripted_sequence_gives_exact_deltas() {
         + 2.0 * together.json()["usage"]["prompt_tokens"].as_f64().unwrap();
     assert_eq!(prompt_cache, expected);
 }
+
+/// GPT-5.6 traffic through the proxy: the mock reports cache writes and reads, and the
+/// metrics count write tokens and the dollars spent on provider-cache writes and reads
+/// at the table's rates (computed here from the rates and the reported usage).
+#[tokio::test]
+async fn gpt_5_6_cache_writes_are_counted_in_tokens_and_dollars() {
+    let h = Harness::start(Setup::default()).await;
+    let system = "stable instructions for the agent ".repeat(300);
+    let body = |q: &str| {
+        json!({
+            "model": "gpt-5.6-terra",
+            "temperature": 0,
+            "prompt_cache_key": "agents",
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": system,
+                    "prompt_cache_breakpoint": {"mode": "explicit"}}]},
+                {"role": "user", "content": q}
+            ]
+        })
+    };
+    let mut usages = Vec::new();
+    for q in ["first task", "second task"] {
+        let r = h.chat(&body(q)).await;
+        assert_eq!((r.status, r.cache()), (200, "MISS"));
+        usages.push(r.json()["usage"].clone());
+        h.settle().await;
+    }
+    let d = |u: &Value, k: &str| u["prompt_tokens_details"][k].as_f64().unwrap();
+    // The second call reads the system prompt the first one wrote.
+    assert_eq!(d(&usages[0], "cached_tokens"), 0.0);
+    assert!(d(&usages[0], "cache_write_tokens") > 1024.0);
+    assert!(d(&usages[1], "cached_tokens") > 1024.0);
+    let (_, price) = PriceTable::builtin().lookup("gpt-5.6-terra").unwrap();
+    let r = &price.base;
+    let written: f64 = usages.iter().map(|u| d(u, "cache_write_tokens")).sum();
+    let read: f64 = usages.iter().map(|u| d(u, "cached_tokens")).sum();
+    let m = h.metrics().await;
+    let tokens = "prefixcache_tokens_total";
+    let up = ("source", "upstream");
+    assert_eq!(
+        metric(&m, tokens, &[("kind", "cache_write_prompt"), up]),
+        written
+    );
+    assert_eq!(metric(&m, tokens, &[("kind", "cached_prompt"), up]), read);
+    let usd = "prefixcache_provider_cache_usd_total";
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(
+        metric(&m, usd, &[("kind", "cache_write")]),
+        written * r.cache_write / 1e6
+    ));
+    assert!(close(
+        metric(&m, usd, &[("kind", "cache_read")]),
+        read * r.cached_input / 1e6
+    ));
+    // The write price is 1.25x the input price (OpenAI: GPT-5.6 and later).
+    assert!(close(r.cache_write, 1.25 * r.input));
+}

@@ -13,7 +13,9 @@
 //!
 //! [`request_prompts`] builds the sequences of a request body; it is lenient (a missing
 //! field contributes nothing) because the mock validates bodies before and the offline
-//! tools read whatever was logged.
+//! tools read whatever was logged. [`request_prompt_seqs`] also returns where the
+//! cache breakpoints of the GPT-5.6 rules can sit ([`Mark`]): after a content part that
+//! carries `prompt_cache_breakpoint`, and at the end of every message.
 
 use serde_json::{Map, Value};
 
@@ -44,10 +46,70 @@ pub trait TextEncoder {
     fn encode_into(&mut self, enc: Encoding, text: &str, out: &mut Vec<u32>);
 }
 
+/// A place in a prompt where a cache breakpoint can sit: after `pos` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub pos: u64,
+    pub kind: MarkKind,
+}
+
+/// What ends at a [`Mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    /// A content part carrying `prompt_cache_breakpoint: {"mode": "explicit"}`, with its
+    /// own `ttl` if it names one (else the request's `prompt_cache_options.ttl`).
+    Explicit(Option<CacheTtl>),
+    /// The end of a message. `eligible`: not an assistant message, so OpenAI's implicit
+    /// breakpoint ("near the latest user or tool message") may sit here.
+    MessageEnd { eligible: bool },
+}
+
+/// The minimum lifetime of a GPT-5.6 cache breakpoint (`prompt_cache_options.ttl`,
+/// `prompt_cache_breakpoint.ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CacheTtl {
+    /// `"30m"`: the default, and the only value Chat Completions accepts per request.
+    Min30,
+    /// `"12h"`: Responses only; writes cost 2.5x input instead of 1.25x.
+    Hour12,
+}
+
+impl CacheTtl {
+    pub fn parse(s: &str) -> Option<CacheTtl> {
+        match s {
+            "30m" => Some(CacheTtl::Min30),
+            "12h" => Some(CacheTtl::Hour12),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTtl::Min30 => "30m",
+            CacheTtl::Hour12 => "12h",
+        }
+    }
+
+    pub fn millis(self) -> u64 {
+        match self {
+            CacheTtl::Min30 => 30 * 60_000,
+            CacheTtl::Hour12 => 12 * 3_600_000,
+        }
+    }
+}
+
+/// A prompt's token sequence with its breakpoint marks, in order of position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromptSeq {
+    pub tokens: Vec<u32>,
+    pub marks: Vec<Mark>,
+}
+
 /// Builds a prompt token sequence.
 pub struct PromptBuilder<'a> {
     enc: Encoding,
     tokens: Vec<u32>,
+    marks: Vec<Mark>,
     encoder: Option<&'a mut dyn TextEncoder>,
 }
 
@@ -75,6 +137,7 @@ impl<'a> PromptBuilder<'a> {
         PromptBuilder {
             enc,
             tokens: Vec::new(),
+            marks: Vec::new(),
             encoder: None,
         }
     }
@@ -84,6 +147,7 @@ impl<'a> PromptBuilder<'a> {
         PromptBuilder {
             enc,
             tokens: Vec::new(),
+            marks: Vec::new(),
             encoder: Some(encoder),
         }
     }
@@ -140,6 +204,22 @@ impl<'a> PromptBuilder<'a> {
 
     pub fn close(&mut self) {
         self.tokens.push(END);
+    }
+
+    /// Closes a message and marks its end (see [`MarkKind::MessageEnd`]).
+    pub fn close_message(&mut self, role: &str) {
+        self.close();
+        self.mark(MarkKind::MessageEnd {
+            eligible: role != "assistant",
+        });
+    }
+
+    /// Marks the current position.
+    pub fn mark(&mut self, kind: MarkKind) {
+        self.marks.push(Mark {
+            pos: self.tokens.len() as u64,
+            kind,
+        });
     }
 
     /// A tool call inside an assistant message: `<start> name <message> arguments <end>`
@@ -251,6 +331,14 @@ impl<'a> PromptBuilder<'a> {
     pub fn finish(self) -> Vec<u32> {
         self.tokens
     }
+
+    /// The sequence with its breakpoint marks.
+    pub fn finish_seq(self) -> PromptSeq {
+        PromptSeq {
+            tokens: self.tokens,
+            marks: self.marks,
+        }
+    }
 }
 
 /// A JSON scalar as the text the recipe would concatenate (`"a"` → `a`, `3` → `3`).
@@ -267,18 +355,37 @@ fn scalar_text(v: &Value) -> String {
 /// The prompt token sequences of a request body: one for chat and Responses, one per
 /// prompt for legacy completions, none for embeddings (they are not prompt-cached).
 pub fn request_prompts(route: Route, body: &Map<String, Value>, enc: Encoding) -> Vec<Vec<u32>> {
+    request_prompt_seqs(route, body, enc)
+        .into_iter()
+        .map(|s| s.tokens)
+        .collect()
+}
+
+/// [`request_prompts`] with the breakpoint marks of each sequence (legacy completions
+/// have none: they are not messages).
+pub fn request_prompt_seqs(
+    route: Route,
+    body: &Map<String, Value>,
+    enc: Encoding,
+) -> Vec<PromptSeq> {
     match route {
         Route::ChatCompletions => {
             let mut b = PromptBuilder::new(enc);
             chat_prompt(&mut b, body);
-            vec![b.finish()]
+            vec![b.finish_seq()]
         }
         Route::Responses => {
             let mut b = PromptBuilder::new(enc);
             responses_prompt(&mut b, body);
-            vec![b.finish()]
+            vec![b.finish_seq()]
         }
-        Route::Completions => completion_prompts(body, enc),
+        Route::Completions => completion_prompts(body, enc)
+            .into_iter()
+            .map(|tokens| PromptSeq {
+                tokens,
+                marks: Vec::new(),
+            })
+            .collect(),
         Route::Embeddings => Vec::new(),
     }
 }
@@ -360,7 +467,7 @@ pub fn chat_prompt(b: &mut PromptBuilder<'_>, body: &Map<String, Value>) {
         if let Some(id) = m.get("tool_call_id").and_then(Value::as_str) {
             b.text(id);
         }
-        b.close();
+        b.close_message(role);
     }
     b.prime_reply();
 }
@@ -395,13 +502,13 @@ pub fn responses_prompt(b: &mut PromptBuilder<'_>, body: &Map<String, Value>) {
     if let Some(ins) = body.get("instructions").and_then(Value::as_str) {
         b.open("developer", None);
         b.text(ins);
-        b.close();
+        b.close_message("developer");
     }
     match body.get("input") {
         Some(Value::String(s)) => {
             b.open("user", None);
             b.text(s);
-            b.close();
+            b.close_message("user");
         }
         Some(Value::Array(items)) => {
             for item in items {
@@ -421,9 +528,10 @@ fn input_item(b: &mut PromptBuilder<'_>, item: &Value) {
         .unwrap_or("message")
     {
         "message" => {
-            b.open(item.get("role").and_then(Value::as_str).unwrap_or(""), None);
+            let role = item.get("role").and_then(Value::as_str).unwrap_or("");
+            b.open(role, None);
             content_tokens(b, item.get("content"));
-            b.close();
+            b.close_message(role);
         }
         "function_call" => {
             b.open("assistant", None);
@@ -431,7 +539,7 @@ fn input_item(b: &mut PromptBuilder<'_>, item: &Value) {
                 item.get("name").and_then(Value::as_str).unwrap_or(""),
                 item.get("arguments").and_then(Value::as_str).unwrap_or(""),
             );
-            b.close();
+            b.close_message("assistant");
         }
         "function_call_output" => {
             b.open("tool", None);
@@ -439,14 +547,14 @@ fn input_item(b: &mut PromptBuilder<'_>, item: &Value) {
                 Some(Value::String(s)) => b.text(s),
                 other => content_tokens(b, other),
             }
-            b.close();
+            b.close_message("tool");
         }
         // Reasoning items of earlier turns are not re-read by the model.
         "reasoning" => {}
         _ => {
             b.open("user", None);
             b.json_text(item);
-            b.close();
+            b.close_message("user");
         }
     }
 }
@@ -474,11 +582,29 @@ pub fn content_tokens(b: &mut PromptBuilder<'_>, content: Option<&Value>) {
                     }
                     _ => b.json_text(p),
                 }
+                if let Some(kind) = explicit_mark(p) {
+                    b.mark(kind);
+                }
             }
         }
         Some(Value::Null) | None => {}
         Some(other) => b.json_text(other),
     }
+}
+
+/// The mark of a content part carrying `prompt_cache_breakpoint: {"mode": "explicit"}`.
+/// Lenient like the rest of this module: the mock rejects malformed markers before, and
+/// a logged request with one is read as if it had none.
+fn explicit_mark(part: &Value) -> Option<MarkKind> {
+    let bp = part.get("prompt_cache_breakpoint")?;
+    if bp.get("mode").and_then(Value::as_str) != Some("explicit") {
+        return None;
+    }
+    let ttl = bp
+        .get("ttl")
+        .and_then(Value::as_str)
+        .and_then(CacheTtl::parse);
+    Some(MarkKind::Explicit(ttl))
 }
 
 fn plain_scalar(v: &Value) -> String {
@@ -516,6 +642,24 @@ pub fn completion_prompts(body: &Map<String, Value>, enc: Encoding) -> Vec<Vec<u
     }
 }
 
+/// A cache breakpoint of a prompt (GPT-5.6 rules): the prefix of `tokens` tokens that
+/// ends there, identified by `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breakpoint {
+    pub tokens: u64,
+    pub id: u64,
+    pub kind: BreakpointKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakpointKind {
+    /// Placed by the caller, with the part's own TTL if it names one.
+    Explicit(Option<CacheTtl>),
+    /// The end of the latest non-assistant message: where OpenAI's implicit breakpoint
+    /// sits when `prompt_cache_options.mode` is `implicit` (the default).
+    Implicit,
+}
+
 /// What the prompt-cache simulation needs of a prompt, computed once per distinct request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptInfo {
@@ -523,6 +667,9 @@ pub struct PromptInfo {
     pub tokens: u64,
     /// `blocks[i]` identifies the prefix `tokens[..(i + 1) * step]` (a chained hash).
     pub blocks: Vec<u64>,
+    /// Every explicit breakpoint and the implicit one, in order of position (GPT-5.6
+    /// rules; empty for a prompt built without marks).
+    pub breakpoints: Vec<Breakpoint>,
     /// Identifies the first `route_tokens` tokens and the `prompt_cache_key`: the routing key.
     pub route: u64,
     /// Identifies the first `route_tokens` tokens alone: [`PromptInfo::route_for`]
@@ -553,10 +700,48 @@ impl PromptInfo {
         route_tokens: usize,
         cache_key: Option<&str>,
     ) -> PromptInfo {
+        PromptInfo::with_marks(tokens, &[], step, route_tokens, cache_key)
+    }
+
+    /// [`PromptInfo::new`] with the breakpoints at `marks` (in order of position): one
+    /// per explicit mark, and an implicit one at the last eligible message end.
+    pub fn with_marks(
+        tokens: &[u32],
+        marks: &[Mark],
+        step: usize,
+        route_tokens: usize,
+        cache_key: Option<&str>,
+    ) -> PromptInfo {
         let step = step.max(1);
         let mut blocks = Vec::with_capacity(tokens.len() / step);
         let mut h = 0x243F_6A88_85A3_08D3u64;
         let mut route_prefix = None;
+        let implicit_at = marks
+            .iter()
+            .rposition(|m| m.kind == MarkKind::MessageEnd { eligible: true });
+        let mut breakpoints = Vec::new();
+        let mut next = 0usize;
+        let place = |pos: u64, h: u64, next: &mut usize, out: &mut Vec<Breakpoint>| {
+            while let Some(m) = marks.get(*next).filter(|m| m.pos <= pos) {
+                let kind = match m.kind {
+                    MarkKind::Explicit(ttl) => Some(BreakpointKind::Explicit(ttl)),
+                    MarkKind::MessageEnd { .. } if Some(*next) == implicit_at => {
+                        Some(BreakpointKind::Implicit)
+                    }
+                    MarkKind::MessageEnd { .. } => None,
+                };
+                // A mark at 0 tokens ends an empty prefix: nothing to cache.
+                if let Some(kind) = kind.filter(|_| m.pos == pos && pos > 0) {
+                    out.push(Breakpoint {
+                        tokens: pos,
+                        // Its own domain: never equal to a 128-token block identity.
+                        id: mix64(h ^ pos.rotate_left(32) ^ 0xB4EA_4B01_47B4_EA4B),
+                        kind,
+                    });
+                }
+                *next += 1;
+            }
+        };
         for (i, t) in tokens.iter().enumerate() {
             h = fold(h, u64::from(*t));
             if i + 1 == route_tokens {
@@ -565,11 +750,13 @@ impl PromptInfo {
             if (i + 1) % step == 0 {
                 blocks.push(mix64(h ^ (i as u64 + 1)));
             }
+            place(i as u64 + 1, h, &mut next, &mut breakpoints);
         }
         let route_prefix = route_prefix.unwrap_or(h);
         PromptInfo {
             tokens: tokens.len() as u64,
             blocks,
+            breakpoints,
             route: route_key(route_prefix, cache_key),
             route_prefix,
         }
@@ -831,5 +1018,97 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn marks_follow_breakpoints_and_message_ends() {
+        let enc = Encoding::O200kBase;
+        let chat = json!({"messages": [
+            {"role": "system", "content": [
+                {"type": "text", "text": "Rules.", "prompt_cache_breakpoint": {"mode": "explicit"}},
+                {"type": "text", "text": "More.", "prompt_cache_breakpoint": {"mode": "explicit", "ttl": "12h"}}
+            ]},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"}
+        ]});
+        let seqs = request_prompt_seqs(Route::ChatCompletions, chat.as_object().unwrap(), enc);
+        // Positions by hand: <start> system <message> = 2 + count("system") tokens, then
+        // the parts; each message adds <end>, the next opens with 2 + role tokens.
+        let sys_open = 2 + enc.count("system") as u64;
+        let p1 = sys_open + enc.count("Rules.") as u64;
+        let p2 = p1 + enc.count("More.") as u64;
+        let sys_end = p2 + 1;
+        let user_end = sys_end + 2 + enc.count("user") as u64 + enc.count("Hi") as u64 + 1;
+        let asst_end = user_end + 2 + enc.count("assistant") as u64 + enc.count("Hello") as u64 + 1;
+        assert_eq!(
+            seqs[0].marks,
+            vec![
+                Mark {
+                    pos: p1,
+                    kind: MarkKind::Explicit(None)
+                },
+                Mark {
+                    pos: p2,
+                    kind: MarkKind::Explicit(Some(CacheTtl::Hour12))
+                },
+                Mark {
+                    pos: sys_end,
+                    kind: MarkKind::MessageEnd { eligible: true }
+                },
+                Mark {
+                    pos: user_end,
+                    kind: MarkKind::MessageEnd { eligible: true }
+                },
+                Mark {
+                    pos: asst_end,
+                    kind: MarkKind::MessageEnd { eligible: false }
+                },
+            ]
+        );
+        // The implicit breakpoint is the user message's end, not the assistant's.
+        let info = PromptInfo::with_marks(&seqs[0].tokens, &seqs[0].marks, 128, 256, None);
+        let kinds: Vec<(u64, BreakpointKind)> = info
+            .breakpoints
+            .iter()
+            .map(|b| (b.tokens, b.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (p1, BreakpointKind::Explicit(None)),
+                (p2, BreakpointKind::Explicit(Some(CacheTtl::Hour12))),
+                (user_end, BreakpointKind::Implicit),
+            ]
+        );
+        // Responses: a function_call_output is a tool message, so it is eligible.
+        let resp = json!({"instructions": "Be kind.", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "hi", "prompt_cache_breakpoint": {"mode": "explicit"}}]},
+            {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "x"},
+            {"type": "function_call_output", "call_id": "x", "output": "ok"}
+        ]});
+        let seqs = request_prompt_seqs(Route::Responses, resp.as_object().unwrap(), enc);
+        let kinds: Vec<MarkKind> = seqs[0].marks.iter().map(|m| m.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                MarkKind::MessageEnd { eligible: true },
+                MarkKind::Explicit(None),
+                MarkKind::MessageEnd { eligible: true },
+                MarkKind::MessageEnd { eligible: false },
+                MarkKind::MessageEnd { eligible: true },
+            ]
+        );
+        // A breakpoint id depends on the prefix only: same prefix, same id; and a
+        // malformed marker is no breakpoint (the mock rejects it before).
+        let other = json!({"messages": [
+            {"role": "system", "content": [
+                {"type": "text", "text": "Rules.", "prompt_cache_breakpoint": {"mode": "explicit"}},
+                {"type": "text", "text": "Other.", "prompt_cache_breakpoint": {"mode": "bogus"}}
+            ]}
+        ]});
+        let s2 = request_prompt_seqs(Route::ChatCompletions, other.as_object().unwrap(), enc);
+        let i2 = PromptInfo::with_marks(&s2[0].tokens, &s2[0].marks, 128, 256, None);
+        assert_eq!(i2.breakpoints[0].id, info.breakpoints[0].id);
+        assert_eq!(i2.breakpoints.len(), 2, "one explicit, one implicit");
     }
 }
