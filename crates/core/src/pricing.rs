@@ -124,7 +124,8 @@ impl ModelPrice {
         let cached_usd = usage.cached_tokens as f64 * r.cached_input / PER;
         let long = usage.cache_write_long_tokens.min(usage.cache_write_tokens);
         let short = usage.cache_write_tokens - long;
-        let cache_write_usd = (short as f64 * r.cache_write + long as f64 * r.cache_write_long) / PER;
+        let cache_write_usd =
+            (short as f64 * r.cache_write + long as f64 * r.cache_write_long) / PER;
         let output_usd = usage.completion_tokens as f64 * r.output / PER;
         Cost {
             usd: input_usd + cached_usd + cache_write_usd + output_usd,
@@ -622,7 +623,10 @@ mod tests {
         }
         // Haiku 3's writes are 1.2x / 2x (the pricing page's $0.30 and $0.50 on $0.25).
         let (_, h3) = t.lookup("claude-3-haiku").unwrap();
-        assert_eq!((h3.base.cache_write, h3.base.cache_write_long), (0.30, 0.50));
+        assert_eq!(
+            (h3.base.cache_write, h3.base.cache_write_long),
+            (0.30, 0.50)
+        );
     }
 
     #[test]
@@ -653,7 +657,9 @@ mod tests {
             completion_tokens: 1_000,
             ..Usage::default()
         };
-        let c = PriceTable::builtin().cost("claude-sonnet-4-5", &big).unwrap();
+        let c = PriceTable::builtin()
+            .cost("claude-sonnet-4-5", &big)
+            .unwrap();
         assert!(close(c.usd, 1.5225));
         // A long part larger than the writes is clamped to them.
         let odd = Usage {
@@ -680,7 +686,13 @@ mod tests {
         // 2000 uncached * 2 + 2000 * 2.5 + 16000 * 5 = 4000 + 5000 + 80000 per million.
         assert!(close(c.usd, 0.089));
         let t = PriceTable::builtin();
-        for m in ["gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna", "gpt-6-sol", "gpt-6-luna"] {
+        for m in [
+            "gpt-5.6-sol",
+            "gpt-5.6-terra",
+            "gpt-5.6-luna",
+            "gpt-6-sol",
+            "gpt-6-luna",
+        ] {
             let (_, p) = t.lookup(m).unwrap();
             for r in std::iter::once(&p.base).chain(p.tiers.iter().map(|t| &t.rates)) {
                 assert!(close(r.cache_write_long, 2.5 * r.input), "{m}");
@@ -715,7 +727,10 @@ mod tests {
         // A version after the name is another model, not a snapshot.
         assert_eq!(name("claude-opus-5-7"), None);
         assert_eq!(name("claude-sonnet-4-9-20270101"), None);
-        assert_eq!(name("claude-opus-4-8-20261001").as_deref(), Some("claude-opus-4-8"));
+        assert_eq!(
+            name("claude-opus-4-8-20261001").as_deref(),
+            Some("claude-opus-4-8")
+        );
         // OpenAI's four-digit snapshots are dates, not versions.
         assert_eq!(name("gpt-4-0613").as_deref(), Some("gpt-4"));
     }

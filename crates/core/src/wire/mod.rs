@@ -6,7 +6,9 @@
 //!
 //! All functions are pure and work on bytes; the SSE framing and stream assembly they
 //! build on live in [`crate::sse`]. Decisions are recorded in `docs/streaming.md`.
+//! Anthropic's Messages API has the same set of functions in [`anthropic`].
 
+pub mod anthropic;
 pub mod fuzzing;
 mod render;
 mod request;
@@ -112,8 +114,7 @@ struct CacheCreationIn {
 
 impl UsageIn {
     fn normalize(self) -> Usage {
-        if self.cache_read_input_tokens.is_some() || self.cache_creation_input_tokens.is_some()
-        {
+        if self.cache_read_input_tokens.is_some() || self.cache_creation_input_tokens.is_some() {
             // Anthropic: input_tokens counts only the tokens after the last cache
             // breakpoint; the total input is the sum of the three counters.
             let read = self.cache_read_input_tokens.unwrap_or(0);
@@ -514,7 +515,12 @@ mod tests {
                 "cache_write_tokens_details": {"ttl_30m_tokens": 1000, "ttl_12h_tokens": 2000}}});
         let u = usage_from_value(&resp).unwrap();
         assert_eq!(
-            (u.prompt_tokens, u.cached_tokens, u.cache_write_tokens, u.cache_write_long_tokens),
+            (
+                u.prompt_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.cache_write_long_tokens
+            ),
             (5000, 1024, 3000, 2000)
         );
         assert_eq!(u.cache_write_short_tokens(), 1000);
