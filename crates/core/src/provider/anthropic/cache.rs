@@ -15,13 +15,16 @@
 //!
 //! No randomness: Anthropic documents no routing or overflow, so the outcome depends
 //! only on the sequence of (request, time) and the seed the prompts were built with.
-//! Entries are per model and per scope (the prompt's identities include both), and the
-//! store is bounded (least recently used entries go first).
+//! Entries are per model (the prompt's identities include it) and per scope: Anthropic
+//! isolates caches between organizations, and the caller says whose request it is (the
+//! mock passes a hash of the API key). The store is bounded (least recently used entries
+//! go first).
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::prompt::{CacheTtl, MessagesPrompt};
 use crate::provider::cache::PromptCacheStats;
+use crate::provider::rng::mix64;
 
 /// Blocks a breakpoint looks back through, itself included.
 pub const LOOKBACK_BLOCKS: usize = 20;
@@ -141,15 +144,16 @@ impl AnthropicCacheSim {
         }
     }
 
-    /// Serves one request at `now_ms` (any millisecond clock that does not go backwards
-    /// across calls): reads, writes and refreshes as the module docs say.
-    pub fn serve(&mut self, p: &MessagesPrompt, now_ms: u64) -> CacheUse {
+    /// Serves one request of `scope` at `now_ms` (any millisecond clock that does not go
+    /// backwards across calls): reads, writes and refreshes as the module docs say.
+    pub fn serve(&mut self, p: &MessagesPrompt, scope: u64, now_ms: u64) -> CacheUse {
         self.stats.lookups += 1;
         self.stats.prompt_tokens += p.tokens;
         if !self.enabled || p.breakpoints.is_empty() {
             return CacheUse::uncached(p.tokens);
         }
         let now = now_ms;
+        let id = |block: super::prompt::Block| mix64(block.id ^ scope.rotate_left(17));
         // Read: per breakpoint, the latest live entry within the lookback window.
         let mut read = 0u64;
         for bp in &p.breakpoints {
@@ -159,8 +163,8 @@ impl AnthropicCacheSim {
                 if block.tokens < p.min_tokens {
                     break;
                 }
-                if let Some(slot) = self.live(block.id, now) {
-                    self.put(block.id, slot.ttl.max(bp.ttl), now);
+                if let Some(slot) = self.live(id(block), now) {
+                    self.put(id(block), slot.ttl.max(bp.ttl), now);
                     read = read.max(block.tokens);
                     break;
                 }
@@ -173,7 +177,7 @@ impl AnthropicCacheSim {
             if block.tokens <= read || block.tokens < p.min_tokens {
                 continue;
             }
-            self.put(block.id, bp.ttl, now);
+            self.put(id(block), bp.ttl, now);
             furthest = furthest.max(block.tokens);
             if bp.ttl == CacheTtl::Hour1 {
                 furthest_1h = furthest_1h.max(block.tokens);
@@ -238,8 +242,8 @@ mod tests {
     fn nothing_is_cached_without_a_breakpoint() {
         let mut c = AnthropicCacheSim::new(true, 100);
         let p = prompt(30, 30, 0, &[]);
-        assert_eq!(c.serve(&p, 0), CacheUse::uncached(3010));
-        assert_eq!(c.serve(&p, 1), CacheUse::uncached(3010));
+        assert_eq!(c.serve(&p, 0, 0), CacheUse::uncached(3010));
+        assert_eq!(c.serve(&p, 0, 1), CacheUse::uncached(3010));
         assert!(c.is_empty());
     }
 
@@ -248,7 +252,7 @@ mod tests {
         let mut c = AnthropicCacheSim::new(true, 100);
         // Breakpoint on block 19: a 2000-token prefix, 1010 of the 3010 tokens after it.
         let p = prompt(30, 30, 0, &[(19, Min5)]);
-        let first = c.serve(&p, 0);
+        let first = c.serve(&p, 0, 0);
         assert_eq!(
             first,
             CacheUse {
@@ -258,7 +262,7 @@ mod tests {
                 written_1h: 0
             }
         );
-        let second = c.serve(&p, 1000);
+        let second = c.serve(&p, 0, 1000);
         assert_eq!(
             second,
             CacheUse {
@@ -280,22 +284,22 @@ mod tests {
         let mut c = AnthropicCacheSim::new(true, 100);
         // Block 9 ends at 1000 tokens < 1024.
         let p = prompt(12, 12, 0, &[(9, Min5)]);
-        assert_eq!(c.serve(&p, 0), CacheUse::uncached(1210));
-        assert_eq!(c.serve(&p, 1), CacheUse::uncached(1210));
+        assert_eq!(c.serve(&p, 0, 0), CacheUse::uncached(1210));
+        assert_eq!(c.serve(&p, 0, 1), CacheUse::uncached(1210));
         // Block 10 ends at 1100: cacheable.
         let p = prompt(12, 12, 0, &[(10, Min5)]);
-        assert_eq!(c.serve(&p, 2).written, 1100);
-        assert_eq!(c.serve(&p, 3).read, 1100);
+        assert_eq!(c.serve(&p, 0, 2).written, 1100);
+        assert_eq!(c.serve(&p, 0, 3).read, 1100);
     }
 
     #[test]
     fn a_moving_breakpoint_reads_the_last_one_within_twenty_blocks() {
         let mut c = AnthropicCacheSim::new(true, 100);
         // Turn 1: 15 blocks, breakpoint on the last (1500 tokens).
-        c.serve(&prompt(15, 15, 0, &[(14, Min5)]), 0);
+        c.serve(&prompt(15, 15, 0, &[(14, Min5)]), 0, 0);
         // Turn 2 grows to 34 blocks sharing the first 15; breakpoint on block 33: the
         // lookback covers blocks 14..=33 and finds block 14's entry.
-        let u = c.serve(&prompt(34, 34, 0, &[(33, Min5)]), 1);
+        let u = c.serve(&prompt(34, 34, 0, &[(33, Min5)]), 0, 1);
         assert_eq!(
             u,
             CacheUse {
@@ -307,7 +311,7 @@ mod tests {
         );
         // Turn 3 grows to 54 blocks: the breakpoint on block 53 looks at 34..=53 and
         // misses block 33's entry: a full rewrite.
-        let u = c.serve(&prompt(54, 54, 0, &[(53, Min5)]), 2);
+        let u = c.serve(&prompt(54, 54, 0, &[(53, Min5)]), 0, 2);
         assert_eq!(
             u,
             CacheUse {
@@ -320,7 +324,7 @@ mod tests {
         // Turn 4 (74 blocks) with an intermediate breakpoint on block 52: its lookback
         // (33..=52) reaches block 33's entry, the one on block 73 (54..=73) finds none.
         // Read 3400; written from there to the furthest breakpoint, 7400.
-        let u = c.serve(&prompt(74, 74, 0, &[(52, Min5), (73, Min5)]), 3);
+        let u = c.serve(&prompt(74, 74, 0, &[(52, Min5), (73, Min5)]), 0, 3);
         assert_eq!(
             u,
             CacheUse {
@@ -336,19 +340,19 @@ mod tests {
     fn entries_expire_after_their_lifetime_and_reads_refresh_them() {
         let mut c = AnthropicCacheSim::new(true, 100);
         let p = prompt(20, 20, 0, &[(15, Min5)]);
-        c.serve(&p, 0);
+        c.serve(&p, 0, 0);
         // Read at 4:59 refreshes to 9:59.
-        assert_eq!(c.serve(&p, 299_999).read, 1600);
-        assert_eq!(c.serve(&p, 599_998).read, 1600);
+        assert_eq!(c.serve(&p, 0, 299_999).read, 1600);
+        assert_eq!(c.serve(&p, 0, 599_998).read, 1600);
         // 5 minutes after the last use, gone: written again.
-        let u = c.serve(&p, 599_998 + 300_000);
+        let u = c.serve(&p, 0, 599_998 + 300_000);
         assert_eq!((u.read, u.written), (0, 1600));
         // A 1-hour entry survives 59 minutes idle.
         let q = prompt(20, 0, 1, &[(15, Hour1)]);
-        let w = c.serve(&q, 20 * MIN);
+        let w = c.serve(&q, 0, 20 * MIN);
         assert_eq!((w.written, w.written_1h), (1600, 1600));
-        assert_eq!(c.serve(&q, 79 * MIN).read, 1600);
-        assert_eq!(c.serve(&q, 79 * MIN + 3_600_000).read, 0);
+        assert_eq!(c.serve(&q, 0, 79 * MIN).read, 1600);
+        assert_eq!(c.serve(&q, 0, 79 * MIN + 3_600_000).read, 0);
     }
 
     #[test]
@@ -356,7 +360,7 @@ mod tests {
         let mut c = AnthropicCacheSim::new(true, 100);
         // 1h on block 11 (1200 tokens), 5m on block 24 (2500 tokens).
         let p = prompt(30, 30, 0, &[(11, Hour1), (24, Min5)]);
-        let u = c.serve(&p, 0);
+        let u = c.serve(&p, 0, 0);
         assert_eq!(
             u,
             CacheUse {
@@ -369,7 +373,7 @@ mod tests {
         assert_eq!(u.written_5m(), 1300);
         // After 10 minutes the 5m entry is gone, the 1h one is read; the 5m part is
         // written again.
-        let u = c.serve(&p, 10 * MIN);
+        let u = c.serve(&p, 0, 10 * MIN);
         assert_eq!(
             u,
             CacheUse {
@@ -384,9 +388,9 @@ mod tests {
     #[test]
     fn a_changed_block_invalidates_everything_after_it() {
         let mut c = AnthropicCacheSim::new(true, 100);
-        c.serve(&prompt(30, 30, 0, &[(11, Min5), (24, Min5)]), 0);
+        c.serve(&prompt(30, 30, 0, &[(11, Min5), (24, Min5)]), 0, 0);
         // Same first 18 blocks, then different: block 11's entry still matches.
-        let u = c.serve(&prompt(30, 18, 9, &[(11, Min5), (24, Min5)]), 1);
+        let u = c.serve(&prompt(30, 18, 9, &[(11, Min5), (24, Min5)]), 0, 1);
         assert_eq!(
             u,
             CacheUse {
@@ -399,17 +403,26 @@ mod tests {
     }
 
     #[test]
+    fn scopes_do_not_share_entries() {
+        let mut c = AnthropicCacheSim::new(true, 100);
+        let p = prompt(20, 20, 0, &[(15, Min5)]);
+        c.serve(&p, 1, 0);
+        assert_eq!(c.serve(&p, 2, 1).read, 0);
+        assert_eq!(c.serve(&p, 1, 2).read, 1600);
+    }
+
+    #[test]
     fn the_store_is_bounded_and_can_be_switched_off() {
         let mut c = AnthropicCacheSim::new(true, 2);
         for s in 0..5u64 {
-            c.serve(&prompt(20, 0, s, &[(15, Min5)]), s);
+            c.serve(&prompt(20, 0, s, &[(15, Min5)]), 0, s);
         }
         assert_eq!(c.len(), 2);
         // The oldest was evicted: stream 0 writes again.
-        assert_eq!(c.serve(&prompt(20, 0, 0, &[(15, Min5)]), 10).read, 0);
+        assert_eq!(c.serve(&prompt(20, 0, 0, &[(15, Min5)]), 0, 10).read, 0);
         let mut off = AnthropicCacheSim::new(false, 100);
         let p = prompt(20, 20, 0, &[(15, Min5)]);
-        off.serve(&p, 0);
-        assert_eq!(off.serve(&p, 1), CacheUse::uncached(2010));
+        off.serve(&p, 0, 0);
+        assert_eq!(off.serve(&p, 0, 1), CacheUse::uncached(2010));
     }
 }

@@ -70,7 +70,7 @@ impl CacheTtl {
 pub struct Block {
     /// Tokens from the start of the prompt to the end of this block.
     pub tokens: u64,
-    /// Identifies that prefix (model, scope and every token before it included).
+    /// Identifies that prefix (the model and every token before it included).
     pub id: u64,
 }
 
@@ -254,9 +254,7 @@ fn content_block(b: &mut Builder, block: &Map<String, Value>) {
 }
 
 /// The prompt of a Messages request body, estimated (see the module docs), with its
-/// breakpoints. `scope` separates caches that do not share entries (Anthropic isolates
-/// organizations; the mock passes a hash of the API key) and `seed` the simulation's
-/// domain. Fails as the API would on a request whose markers it refuses: a marker on a
+/// breakpoints; `seed` is the simulation's domain. Fails as the API would on a request whose markers it refuses: a marker on a
 /// thinking block or an empty text block, a malformed `cache_control`, more than
 /// [`MAX_BREAKPOINTS`] (the automatic one counted), or a 1-hour marker after a 5-minute
 /// one. The body is otherwise taken as valid: fields of the wrong shape count nothing.
@@ -264,7 +262,6 @@ pub fn messages_prompt(
     body: &Map<String, Value>,
     model: &str,
     enc: Encoding,
-    scope: u64,
     seed: u64,
 ) -> Result<MessagesPrompt, PromptError> {
     let model_hash = {
@@ -275,7 +272,7 @@ pub fn messages_prompt(
     };
     let mut b = Builder {
         enc,
-        h: fold(fold(seed ^ 0xC1A0_DE00_0000_0001, model_hash), scope),
+        h: fold(seed ^ 0xC1A0_DE00_0000_0001, model_hash),
         tokens: 0,
         blocks: Vec::new(),
         marks: Vec::new(),
@@ -409,7 +406,6 @@ mod tests {
             body.as_object().unwrap(),
             "claude-opus-5",
             Encoding::O200kBase,
-            0,
             7,
         )
     }
