@@ -548,3 +548,74 @@ fn strip_nulls(v: &Value) -> Value {
         v => v.clone(),
     }
 }
+
+mod properties {
+    use super::*;
+    use prefixcache_core::wire::anthropic::fuzzing::messages_assemble;
+    use proptest::prelude::*;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_block() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "(?s).{0,60}".prop_map(|t| json!({"type": "text", "text": t})),
+            ("(?s).{0,40}", "[A-Za-z0-9+/=]{0,20}")
+                .prop_map(|(t, s)| json!({"type": "thinking", "thinking": t, "signature": s})),
+            (arb_json(), "[a-z_]{1,10}").prop_map(|(input, name)| {
+                let input = match input {
+                    Value::Object(_) => input,
+                    other => json!({"v": other}),
+                };
+                json!({"type": "tool_use", "id": "toolu_01x", "name": name, "input": input})
+            }),
+            "[A-Za-z0-9]{0,20}".prop_map(|d| json!({"type": "redacted_thinking", "data": d})),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_message_renders_and_assembles_back(
+            blocks in prop::collection::vec(arb_block(), 0..5),
+            stop in prop_oneof![Just("end_turn"), Just("tool_use"), Just("max_tokens")],
+            input in 0u64..100_000, read in 0u64..100_000, output in 0u64..5_000,
+        ) {
+            let m = json!({"id": "msg_01p", "type": "message", "role": "assistant", "model": "m",
+                "content": blocks, "stop_reason": stop, "stop_sequence": null,
+                "usage": {"input_tokens": input, "cache_read_input_tokens": read,
+                          "cache_creation_input_tokens": 0, "output_tokens": output}});
+            let bytes = serde_json::to_vec(&m).unwrap();
+            let sse = json_to_sse(&bytes).unwrap().concat();
+            let back = sse_to_json(&sse).unwrap();
+            prop_assert_eq!(back.as_ref(), &bytes[..]);
+            messages_assemble(&sse);
+        }
+
+        #[test]
+        fn assembling_any_bytes_never_panics(data in prop::collection::vec(any::<u8>(), 0..400)) {
+            messages_assemble(&data);
+        }
+
+        #[test]
+        fn assembling_mangled_fixtures_never_panics(cut in 0usize..2000, flip in 0usize..2000) {
+            let mut f = fixture("sdk_tool_use_response.sse");
+            let n = f.len();
+            f[flip % n] ^= 0x20;
+            f.truncate(cut % (n + 1));
+            messages_assemble(&f);
+        }
+    }
+}

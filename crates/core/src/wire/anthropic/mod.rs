@@ -9,6 +9,7 @@
 //! format, with its sources: `docs/wire/anthropic-messages.md`.
 
 mod fields;
+pub mod fuzzing;
 mod render;
 mod stream;
 
