@@ -2,6 +2,9 @@
 //! examples into messages, the completeness rules, rendering a message as a stream and
 //! back, and the round trip checked by the real SDK's stream accumulator.
 
+// Test helpers: a failed expectation should panic with its message, like in a #[test].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

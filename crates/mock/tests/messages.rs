@@ -2,6 +2,9 @@
 //! models, JSON and SSE answers (text, tools, thinking), `count_tokens`, and the
 //! simulated prompt cache in the usage fields.
 
+// Test helpers: a failed expectation should panic with its message, like in a #[test].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bytes::Bytes;
@@ -103,8 +106,10 @@ async fn a_message_has_the_api_shape_and_headers() {
 
 #[tokio::test]
 async fn errors_have_the_api_shape() {
-    let mut config = MockConfig::default();
-    config.require_auth = true;
+    let config = MockConfig {
+        require_auth: true,
+        ..MockConfig::default()
+    };
     let server = spawn_local(config).await.unwrap();
     let b = body(json!({})).to_string();
     let check = |r: &Reply, status: u16, kind: &str, message: &str| {
@@ -305,8 +310,10 @@ async fn a_cut_stream_never_completes() {
 #[tokio::test]
 async fn the_prompt_cache_fills_the_usage() {
     let clock = ManualClock::new();
-    let mut config = MockConfig::default();
-    config.clock = Arc::new(clock.clone());
+    let config = MockConfig {
+        clock: Arc::new(clock.clone()),
+        ..MockConfig::default()
+    };
     let server = spawn_local(config).await.unwrap();
     let marked = |ttl: Option<&str>| {
         let mut cc = json!({"type": "ephemeral"});
