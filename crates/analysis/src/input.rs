@@ -402,6 +402,7 @@ fn usage_of(v: &Value) -> Option<Usage> {
         completion_tokens: n("completion_tokens").unwrap_or(0),
         cached_tokens: n("cached_tokens").unwrap_or(0),
         cache_write_tokens: n("cache_write_tokens").unwrap_or(0),
+        cache_write_long_tokens: n("cache_write_long_tokens").unwrap_or(0),
     })
 }
 

@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run the caching proxy.
     Serve(cmd::serve::Args),
-    /// Run the mock OpenAI upstream (tests, benchmarks, demos).
+    /// Run the mock upstream: OpenAI's routes and Anthropic's Messages API (tests, benchmarks, demos).
     MockUpstream(cmd::mock::Args),
     /// Count (and list) the tokens of a text.
     Tokens(cmd::tokens::Args),

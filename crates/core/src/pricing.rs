@@ -1,7 +1,8 @@
 //! The cost model: a price table per model (the embedded `pricing.toml`, overridable from
 //! config), model-name lookup by exact name then longest dated-snapshot prefix, and the
 //! dollar cost of one response's [`Usage`], with cached and cache-write input priced at
-//! their own rates and long-context tiers chosen by prompt size.
+//! their own rates (writes by lifetime: Anthropic's 5-minute and 1-hour writes, OpenAI's
+//! 30-minute and 12-hour ones) and long-context tiers chosen by prompt size.
 //!
 //! ```
 //! use prefixcache_core::pricing::PriceTable;
@@ -10,7 +11,7 @@
 //! let table = PriceTable::builtin();
 //! let (name, price) = table.lookup("gpt-4o-mini-2024-07-18").unwrap();
 //! assert_eq!(name, "gpt-4o-mini");
-//! let usage = Usage { prompt_tokens: 2_000, completion_tokens: 100, cached_tokens: 1_024, cache_write_tokens: 0 };
+//! let usage = Usage { prompt_tokens: 2_000, completion_tokens: 100, cached_tokens: 1_024, ..Usage::default() };
 //! let cost = price.cost(&usage);
 //! // 976 uncached at $0.15/M + 1024 cached at $0.075/M + 100 output at $0.60/M
 //! let expected = (976.0 * 0.15 + 1024.0 * 0.075 + 100.0 * 0.60) / 1e6;
@@ -57,8 +58,12 @@ pub struct Rates {
     pub input: f64,
     /// Prompt tokens read from the provider's prompt cache.
     pub cached_input: f64,
-    /// Prompt tokens written to the provider's prompt cache.
+    /// Prompt tokens written to the provider's prompt cache with the default lifetime
+    /// (Anthropic: 5 minutes; OpenAI: 30 minutes).
     pub cache_write: f64,
+    /// Prompt tokens written with the provider's longer lifetime (Anthropic: 1 hour;
+    /// OpenAI: 12 hours), [`Usage::cache_write_long_tokens`].
+    pub cache_write_long: f64,
     /// Completion tokens (reasoning tokens included).
     pub output: f64,
 }
@@ -87,7 +92,8 @@ pub struct Cost {
     pub input_usd: f64,
     /// Prompt tokens read from the provider's cache, at the cached rate.
     pub cached_usd: f64,
-    /// Prompt tokens written to the provider's cache, at the cache-write rate.
+    /// Prompt tokens written to the provider's cache, at the cache-write rate of their
+    /// lifetime.
     pub cache_write_usd: f64,
     /// Completion tokens.
     pub output_usd: f64,
@@ -116,7 +122,10 @@ impl ModelPrice {
             .saturating_sub(usage.cache_write_tokens);
         let input_usd = uncached as f64 * r.input / PER;
         let cached_usd = usage.cached_tokens as f64 * r.cached_input / PER;
-        let cache_write_usd = usage.cache_write_tokens as f64 * r.cache_write / PER;
+        let long = usage.cache_write_long_tokens.min(usage.cache_write_tokens);
+        let short = usage.cache_write_tokens - long;
+        let cache_write_usd =
+            (short as f64 * r.cache_write + long as f64 * r.cache_write_long) / PER;
         let output_usd = usage.completion_tokens as f64 * r.output / PER;
         Cost {
             usd: input_usd + cached_usd + cache_write_usd + output_usd,
@@ -154,6 +163,8 @@ pub(crate) struct RawModel {
     cached_input: Option<f64>,
     #[serde(default)]
     cache_write: Option<f64>,
+    #[serde(default)]
+    cache_write_long: Option<f64>,
     output: f64,
     #[serde(default)]
     tiers: Vec<RawTier>,
@@ -168,20 +179,33 @@ struct RawTier {
     cached_input: Option<f64>,
     #[serde(default)]
     cache_write: Option<f64>,
+    #[serde(default)]
+    cache_write_long: Option<f64>,
     output: f64,
 }
 
-fn rates(
-    model: &str,
+/// The prices of one table entry or tier as written, before defaults are applied.
+struct RawRates {
     input: f64,
     cached: Option<f64>,
     write: Option<f64>,
+    write_long: Option<f64>,
     output: f64,
-) -> Result<Rates, PricingError> {
+}
+
+fn rates(model: &str, raw: RawRates) -> Result<Rates, PricingError> {
+    let RawRates {
+        input,
+        cached,
+        write,
+        write_long,
+        output,
+    } = raw;
     for (field, v) in [
         ("input", Some(input)),
         ("cached_input", cached),
         ("cache_write", write),
+        ("cache_write_long", write_long),
         ("output", Some(output)),
     ] {
         if let Some(v) = v
@@ -193,11 +217,14 @@ fn rates(
             });
         }
     }
+    let cache_write = write.unwrap_or(input);
     Ok(Rates {
         input,
         // Absent: the model has no cache discount, or no separate write price.
         cached_input: cached.unwrap_or(input),
-        cache_write: write.unwrap_or(input),
+        cache_write,
+        // Absent: the model has one write lifetime, or one price for both.
+        cache_write_long: write_long.unwrap_or(cache_write),
         output,
     })
 }
@@ -212,10 +239,13 @@ impl RawModel {
         }
         let base = rates(
             model,
-            self.input,
-            self.cached_input,
-            self.cache_write,
-            self.output,
+            RawRates {
+                input: self.input,
+                cached: self.cached_input,
+                write: self.cache_write,
+                write_long: self.cache_write_long,
+                output: self.output,
+            },
         )?;
         let mut tiers = Vec::with_capacity(self.tiers.len());
         let mut last = 0u64;
@@ -232,7 +262,16 @@ impl RawModel {
             last = t.above_prompt_tokens;
             tiers.push(Tier {
                 above_prompt_tokens: t.above_prompt_tokens,
-                rates: rates(model, t.input, t.cached_input, t.cache_write, t.output)?,
+                rates: rates(
+                    model,
+                    RawRates {
+                        input: t.input,
+                        cached: t.cached_input,
+                        write: t.cache_write,
+                        write_long: t.cache_write_long,
+                        output: t.output,
+                    },
+                )?,
             });
         }
         Ok(ModelPrice { base, tiers })
@@ -294,16 +333,21 @@ impl PriceTable {
     /// The price of `model` and the table name it matched: the exact name, else the
     /// longest table name `N` such that `model` starts with `N-` (dated snapshots and
     /// variants: `gpt-4o-2024-08-06` → `gpt-4o`, `gpt-4o-mini-2024-07-18` →
-    /// `gpt-4o-mini`). Requiring the `-` keeps `gpt-4.5-preview` from being priced as
-    /// `gpt-4` and `gpt-5.9` as `gpt-5`: an unknown model costs nothing, a wrong price
-    /// misleads. Costs one hash lookup per `-` in the name.
+    /// `gpt-4o-mini`, `claude-sonnet-4-5-20250929` → `claude-sonnet-4-5`). Requiring the
+    /// `-` keeps `gpt-4.5-preview` from being priced as `gpt-4` and `gpt-5.9` as `gpt-5`;
+    /// and a part after `N-` that is a number of one or two digits is a version, not a
+    /// snapshot (Anthropic writes versions with dashes), so `claude-opus-5-7` is not
+    /// priced as `claude-opus-5`. An unknown model costs nothing, a wrong price misleads.
+    /// Costs one hash lookup per `-` in the name.
     pub fn lookup(&self, model: &str) -> Option<(&str, &ModelPrice)> {
         if let Some((name, price)) = self.models.get_key_value(model) {
             return Some((name.as_str(), price));
         }
         let mut end = model.len();
         while let Some(dash) = model[..end].rfind('-') {
-            if let Some((name, price)) = self.models.get_key_value(&model[..dash]) {
+            if let Some((name, price)) = self.models.get_key_value(&model[..dash])
+                && !is_version_part(&model[dash + 1..])
+            {
                 return Some((name.as_str(), price));
             }
             end = dash;
@@ -338,6 +382,14 @@ impl PriceTable {
     }
 }
 
+/// Whether the part of a model name after a table name starts with a version number
+/// (`5`, `12`, as in `claude-opus-5-7`) rather than a snapshot date or a variant
+/// (`20250929`, `2024`, `0613`, `mini`).
+fn is_version_part(rest: &str) -> bool {
+    let first = rest.split('-').next().unwrap_or("");
+    (1..=2).contains(&first.len()) && first.bytes().all(|b| b.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +400,7 @@ mod tests {
             completion_tokens: completion,
             cached_tokens: cached,
             cache_write_tokens: write,
+            cache_write_long_tokens: 0,
         }
     }
 
@@ -483,6 +536,7 @@ mod tests {
                 input: 2.0,
                 cached_input: 0.5,
                 cache_write: 2.5,
+                cache_write_long: 4.0,
                 output: 8.0,
             },
             tiers: vec![],
@@ -535,6 +589,150 @@ mod tests {
         assert!(close(c.output_usd, 200.0 * 12.0 / 1e6));
         // 0.0002 + 0.0016 + 0.00475 + 0.0024
         assert!(close(c.usd, 0.00895));
+    }
+
+    #[test]
+    fn claude_models_price_writes_by_lifetime() {
+        let t = PriceTable::builtin();
+        for m in [
+            "claude-fable-5-1",
+            "claude-fable-5",
+            "claude-opus-5-5",
+            "claude-opus-5",
+            "claude-opus-4-8",
+            "claude-opus-4-7",
+            "claude-opus-4-6",
+            "claude-opus-4-5",
+            "claude-opus-4-1",
+            "claude-sonnet-5-5",
+            "claude-sonnet-5",
+            "claude-sonnet-4-6",
+            "claude-sonnet-4-5",
+            "claude-haiku-5-5",
+            "claude-haiku-4-5",
+            "claude-3-5-haiku",
+        ] {
+            let (name, p) = t.lookup(m).unwrap();
+            assert_eq!(name, m);
+            for r in std::iter::once(&p.base).chain(p.tiers.iter().map(|t| &t.rates)) {
+                // Anthropic: 5-minute writes 1.25x input, 1-hour writes 2x input.
+                assert!(close(r.cache_write, 1.25 * r.input), "{m}");
+                assert!(close(r.cache_write_long, 2.0 * r.input), "{m}");
+                assert!(r.cached_input <= 0.1 * r.input + 1e-12, "{m}");
+            }
+        }
+        // Haiku 3's writes are 1.2x / 2x (the pricing page's $0.30 and $0.50 on $0.25).
+        let (_, h3) = t.lookup("claude-3-haiku").unwrap();
+        assert_eq!(
+            (h3.base.cache_write, h3.base.cache_write_long),
+            (0.30, 0.50)
+        );
+    }
+
+    #[test]
+    fn a_one_hour_write_costs_twice_the_input() {
+        // claude-sonnet-4-5: $3 input, $0.30 read, $3.75 5m write, $6 1h write, $15 output.
+        // 12_000 prompt tokens: 2_000 read, 9_000 written of which 4_000 for an hour,
+        // 1_000 uncached; 100 output. By hand: 1000*3 + 2000*0.3 + 5000*3.75 + 4000*6
+        // + 100*15 = 3000 + 600 + 18750 + 24000 + 1500 = 47850 per million.
+        let u = Usage {
+            prompt_tokens: 12_000,
+            completion_tokens: 100,
+            cached_tokens: 2_000,
+            cache_write_tokens: 9_000,
+            cache_write_long_tokens: 4_000,
+        };
+        let c = PriceTable::builtin()
+            .cost("claude-sonnet-4-5-20250929", &u)
+            .unwrap();
+        assert!(close(c.input_usd, 0.003));
+        assert!(close(c.cached_usd, 0.0006));
+        assert!(close(c.cache_write_usd, 0.01875 + 0.024));
+        assert!(close(c.output_usd, 0.0015));
+        assert!(close(c.usd, 0.04785));
+        // Over 200K prompt tokens the whole request is at the long-context rates:
+        // 250_000 uncached at $6 and 1_000 output at $22.50 = 1.5 + 0.0225.
+        let big = Usage {
+            prompt_tokens: 250_000,
+            completion_tokens: 1_000,
+            ..Usage::default()
+        };
+        let c = PriceTable::builtin()
+            .cost("claude-sonnet-4-5", &big)
+            .unwrap();
+        assert!(close(c.usd, 1.5225));
+        // A long part larger than the writes is clamped to them.
+        let odd = Usage {
+            prompt_tokens: 10,
+            cache_write_tokens: 4,
+            cache_write_long_tokens: 9,
+            ..Usage::default()
+        };
+        let (_, p) = PriceTable::builtin().lookup("claude-opus-5").unwrap();
+        assert!(close(p.cost(&odd).cache_write_usd, 4.0 * 10.0 / 1e6));
+    }
+
+    #[test]
+    fn openai_12h_writes_cost_two_and_a_half_times_the_input() {
+        // gpt-6.2-sol: $2 input, $2.50 30-minute write, $5 12-hour write (its model page).
+        let u = Usage {
+            prompt_tokens: 20_000,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            cache_write_tokens: 18_000,
+            cache_write_long_tokens: 16_000,
+        };
+        let c = PriceTable::builtin().cost("gpt-6.2-sol", &u).unwrap();
+        // 2000 uncached * 2 + 2000 * 2.5 + 16000 * 5 = 4000 + 5000 + 80000 per million.
+        assert!(close(c.usd, 0.089));
+        let t = PriceTable::builtin();
+        for m in [
+            "gpt-5.6-sol",
+            "gpt-5.6-terra",
+            "gpt-5.6-luna",
+            "gpt-6-sol",
+            "gpt-6-luna",
+        ] {
+            let (_, p) = t.lookup(m).unwrap();
+            for r in std::iter::once(&p.base).chain(p.tiers.iter().map(|t| &t.rates)) {
+                assert!(close(r.cache_write_long, 2.5 * r.input), "{m}");
+            }
+        }
+        // Models with one write price: the long rate defaults to it.
+        let (_, g4o) = t.lookup("gpt-4o").unwrap();
+        assert_eq!(g4o.base.cache_write_long, g4o.base.cache_write);
+    }
+
+    #[test]
+    fn claude_snapshots_find_their_model_and_versions_do_not() {
+        let t = PriceTable::builtin();
+        let name = |m: &str| t.lookup(m).map(|(n, _)| n.to_string());
+        assert_eq!(
+            name("claude-sonnet-4-5-20250929").as_deref(),
+            Some("claude-sonnet-4-5")
+        );
+        assert_eq!(
+            name("claude-sonnet-4-20250514").as_deref(),
+            Some("claude-sonnet-4")
+        );
+        assert_eq!(
+            name("claude-3-5-haiku-20241022").as_deref(),
+            Some("claude-3-5-haiku")
+        );
+        assert_eq!(name("claude-opus-5-5").as_deref(), Some("claude-opus-5-5"));
+        assert_eq!(
+            name("claude-haiku-4-5-20251001").as_deref(),
+            Some("claude-haiku-4-5")
+        );
+        // A version after the name is another model, not a snapshot.
+        assert_eq!(name("claude-opus-5-7"), None);
+        assert_eq!(name("claude-sonnet-4-9-20270101"), None);
+        assert_eq!(
+            name("claude-opus-4-8-20261001").as_deref(),
+            Some("claude-opus-4-8")
+        );
+        // OpenAI's four-digit snapshots are dates, not versions.
+        assert_eq!(name("gpt-4-0613").as_deref(), Some("gpt-4"));
     }
 
     #[test]

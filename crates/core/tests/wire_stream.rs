@@ -105,7 +105,8 @@ fn chat_tool_calls_split_over_many_chunks_assemble_by_index() {
             prompt_tokens: 1430,
             completion_tokens: 41,
             cached_tokens: 1280,
-            cache_write_tokens: 0
+            cache_write_tokens: 0,
+            cache_write_long_tokens: 0,
         })
     );
     assert_eq!(
@@ -392,7 +393,8 @@ fn responses_stream_keeps_the_completed_object() {
             prompt_tokens: 2100,
             completion_tokens: 60,
             cached_tokens: 1920,
-            cache_write_tokens: 128
+            cache_write_tokens: 128,
+            cache_write_long_tokens: 0,
         })
     );
     let v = json_of(asm);

@@ -540,6 +540,7 @@ async fn mix(flags: &Flags) -> Result<String, Error> {
                             completion_tokens: r.completion,
                             cached_tokens: r.cached,
                             cache_write_tokens: 0,
+                            cache_write_long_tokens: 0,
                         })
                         .usd;
                 }

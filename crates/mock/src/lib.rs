@@ -1,5 +1,5 @@
-//! The mock OpenAI upstream (DESIGN.md §10): the cached routes and `GET /v1/models` in
-//! the real API's wire format, deterministic content derived from the request, exact
+//! The mock upstream (DESIGN.md §10): OpenAI's cached routes and `GET /v1/models`, and
+//! Anthropic's Messages API, in the real APIs' wire formats, deterministic content derived from the request, exact
 //! `usage` from the real tokenizer, SSE streams chunked like the real ones, a simulation
 //! of the provider's prompt cache that fills `cached_tokens`, configurable latency, and
 //! special model names that produce errors, hangs and cut connections. Tests and
@@ -14,6 +14,8 @@
 //! - `cache_options`: `prompt_cache_options` / `prompt_cache_breakpoint` validation and
 //!   the cache policy (block rules before GPT-5.6, breakpoint rules after).
 //! - `chat`, `completions`, `embeddings`, `responses`, `models`: one file per route.
+//! - `messages`: Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`),
+//!   its headers and error shape, on Anthropic's simulated prompt cache.
 //! - [`prompt`], [`prompt_cache`]: prompt token sequences and the simulated provider
 //!   prompt cache; re-exported from `prefixcache_core::provider`, where they live so the
 //!   offline tools share them without depending on the mock.
@@ -30,6 +32,7 @@ pub mod config;
 mod embeddings;
 mod error;
 pub mod generate;
+mod messages;
 mod models;
 mod plan;
 mod responses;

@@ -30,7 +30,10 @@ use crate::responses::{self, ResponsesPlan};
 use crate::rng::{SplitMix64, alnum, mix64};
 use crate::sse::{self, Pacing};
 use crate::stats::{Counters, MockRoute, RecordedRequest, Stats};
-use crate::{embeddings, models};
+use crate::{embeddings, messages, models};
+use prefixcache_core::provider::anthropic::{
+    AnthropicCacheSim, CacheUse as AnthropicCacheUse, MessagesPrompt,
+};
 
 /// Largest request body accepted (the proxy's own default limit is 32 MiB).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -44,6 +47,8 @@ pub struct Mock {
     config: MockConfig,
     counters: Counters,
     sim: Mutex<PromptCacheSim>,
+    /// Anthropic's prompt cache (the Messages route).
+    anthropic: Mutex<AnthropicCacheSim>,
     plans: Mutex<PlanMemo>,
     /// Latency samples drawn so far: sample `i` depends only on the seed and `i`.
     latency_draws: AtomicU64,
@@ -93,9 +98,12 @@ impl Mock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let anthropic =
+            AnthropicCacheSim::new(config.prompt_cache.enabled, config.prompt_cache.lru_entries);
         Mock {
             counters: Counters::new(config.record_requests),
             sim: Mutex::new(sim),
+            anthropic: Mutex::new(anthropic),
             plans: Mutex::default(),
             latency_draws: AtomicU64::new(0),
             ids: AtomicU64::new(0),
@@ -109,9 +117,19 @@ impl Mock {
         &self.config
     }
 
-    /// The counters now.
+    /// The counters now (`prompt_cache` sums the OpenAI and the Anthropic caches).
     pub fn stats(&self) -> Stats {
-        let pc = self.sim.lock().unwrap_or_else(|p| p.into_inner()).stats();
+        let mut pc = self.sim.lock().unwrap_or_else(|p| p.into_inner()).stats();
+        let a = self
+            .anthropic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats();
+        pc.lookups += a.lookups;
+        pc.hits += a.hits;
+        pc.prompt_tokens += a.prompt_tokens;
+        pc.cached_tokens += a.cached_tokens;
+        pc.cache_write_tokens += a.cache_write_tokens;
         self.counters.snapshot(pc)
     }
 
@@ -119,6 +137,10 @@ impl Mock {
     pub fn reset(&self) {
         self.counters.reset();
         self.sim.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        self.anthropic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
     }
 
     /// The recorded requests of a route, oldest first.
@@ -136,10 +158,37 @@ impl Mock {
         self.shutdown.cancel();
     }
 
-    fn next_id(&self, prefix: &str, len: usize) -> String {
+    pub(crate) fn next_id(&self, prefix: &str, len: usize) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
         let mut rng = SplitMix64::new(self.id_salt ^ mix64(n));
         format!("{prefix}{}", alnum(&mut rng, len))
+    }
+
+    /// Anthropic's request ids: `req_011C` and 20 letters and digits.
+    pub(crate) fn request_id_anthropic(&self) -> String {
+        self.next_id("req_011C", 20)
+    }
+
+    pub(crate) fn count_model(&self, model: &str) {
+        self.counters.model(model);
+    }
+
+    pub(crate) fn count_stream(&self) {
+        self.counters.stream();
+    }
+
+    /// Resolves when the mock begins to shut down (`mock-timeout` waits for it).
+    pub(crate) async fn shutting_down(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// Serves a Messages prompt from the simulated Anthropic cache at the clock's time.
+    pub(crate) fn serve_anthropic(&self, prompt: &MessagesPrompt, scope: u64) -> AnthropicCacheUse {
+        let now = self.config.clock.now_ms();
+        self.anthropic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serve(prompt, scope, now)
     }
 
     fn request_id(&self) -> String {
@@ -154,7 +203,7 @@ impl Mock {
         self.draw(self.config.latency)
     }
 
-    fn latency(&self, headers: &HeaderMap) -> Duration {
+    pub(crate) fn latency_for(&self, headers: &HeaderMap) -> Duration {
         let spec = headers
             .get("x-mock-latency")
             .and_then(|v| v.to_str().ok())
@@ -172,7 +221,7 @@ impl Mock {
         spec.sample(rng.unit(), rng.unit())
     }
 
-    fn chunk_delay(&self, headers: &HeaderMap) -> Duration {
+    pub(crate) fn chunk_delay_for(&self, headers: &HeaderMap) -> Duration {
         headers
             .get("x-mock-chunk-delay")
             .and_then(|v| v.to_str().ok())
@@ -275,7 +324,8 @@ impl Mock {
                 plan.weight += bytes.len();
                 plan.kind = Kind::Embeddings(bytes);
             }
-            MockRoute::Models | MockRoute::Other => {}
+            MockRoute::Models | MockRoute::Messages | MockRoute::CountTokens | MockRoute::Other => {
+            }
         }
         plan.prompt_tokens = plan.prompts.iter().map(|p| p.tokens).sum();
         Ok(plan)
@@ -291,6 +341,8 @@ pub fn app(mock: Arc<Mock>) -> Router {
         .route("/v1/responses", post(responses_route))
         .route("/v1/models", get(models_list))
         .route("/v1/models/{id}", get(models_get))
+        .route("/v1/messages", post(messages_route))
+        .route("/v1/messages/count_tokens", post(count_tokens_route))
         .route("/mock/stats", get(stats_route))
         .route("/mock/reset", post(reset_route))
         .route("/mock/requests", get(requests_route))
@@ -337,6 +389,48 @@ async fn responses_route(
     b: Bytes,
 ) -> Response {
     handle(s.0, MockRoute::Responses, m, u, h, b).await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API (`messages.rs`).
+async fn messages_route(
+    State(mock): State<Arc<Mock>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let in_flight = mock.counters.begin(MockRoute::Messages);
+    mock.counters.record(
+        MockRoute::Messages,
+        method.as_str(),
+        &uri.to_string(),
+        &headers,
+        &body,
+    );
+    let resp = messages::answer(&mock, &headers, &body, in_flight).await;
+    mock.counters.status(resp.status().as_u16());
+    resp
+}
+
+/// `POST /v1/messages/count_tokens`.
+async fn count_tokens_route(
+    State(mock): State<Arc<Mock>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _in_flight = mock.counters.begin(MockRoute::CountTokens);
+    mock.counters.record(
+        MockRoute::CountTokens,
+        method.as_str(),
+        &uri.to_string(),
+        &headers,
+        &body,
+    );
+    let resp = messages::count_tokens(&mock, &headers, &body);
+    mock.counters.status(resp.status().as_u16());
+    resp
 }
 
 fn check_auth(mock: &Mock, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -472,7 +566,7 @@ async fn answer(
         }
         Special::None | Special::CutStream => {}
     }
-    let latency = mock.latency(headers);
+    let latency = mock.latency_for(headers);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -492,7 +586,7 @@ async fn answer(
     };
     let cut = plan.special == Special::CutStream;
     let created = unix_now();
-    let delay = mock.chunk_delay(headers);
+    let delay = mock.chunk_delay_for(headers);
 
     if plan.stream {
         let events = match &plan.kind {
@@ -729,7 +823,7 @@ async fn requests_route(State(mock): State<Arc<Mock>>, Query(q): Query<RequestsQ
             Some(r) => vec![r],
             None => {
                 return ApiError::invalid(format!(
-                    "unknown route {r:?}: use chat_completions, completions, embeddings, responses, models or other"
+                    "unknown route {r:?}: use chat_completions, completions, embeddings, responses, models, messages, count_tokens or other"
                 ))
                 .into_response();
             }

@@ -21,17 +21,23 @@ pub enum MockRoute {
     Embeddings,
     Responses,
     Models,
+    /// `POST /v1/messages` (Anthropic).
+    Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic).
+    CountTokens,
     /// Any other path (answered 404), and the `/mock/*` endpoints are not counted.
     Other,
 }
 
 impl MockRoute {
-    pub const ALL: [MockRoute; 6] = [
+    pub const ALL: [MockRoute; 8] = [
         MockRoute::ChatCompletions,
         MockRoute::Completions,
         MockRoute::Embeddings,
         MockRoute::Responses,
         MockRoute::Models,
+        MockRoute::Messages,
+        MockRoute::CountTokens,
         MockRoute::Other,
     ];
 
@@ -42,6 +48,8 @@ impl MockRoute {
             MockRoute::Embeddings => "embeddings",
             MockRoute::Responses => "responses",
             MockRoute::Models => "models",
+            MockRoute::Messages => "messages",
+            MockRoute::CountTokens => "count_tokens",
             MockRoute::Other => "other",
         }
     }
@@ -159,7 +167,7 @@ pub(crate) struct Counters {
     total: AtomicU64,
     in_flight: Arc<AtomicU64>,
     streams: AtomicU64,
-    routes: [AtomicU64; 6],
+    routes: [AtomicU64; MockRoute::ALL.len()],
     models: Mutex<HashMap<String, u64>>,
     statuses: Mutex<HashMap<u16, u64>>,
     recorded: Mutex<HashMap<MockRoute, VecDeque<Arc<RecordedRequest>>>>,

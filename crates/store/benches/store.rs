@@ -55,6 +55,7 @@ fn make_entry(n: usize) -> Entry {
                 completion_tokens: 100,
                 cached_tokens: 1024,
                 cache_write_tokens: 0,
+                cache_write_long_tokens: 0,
             },
         },
         body: body(n),

@@ -12,7 +12,9 @@
 //! 12      4     header CRC-32: over bytes 0..12 and the header
 //! 16      H     header: created_at_ms u64, expires_at_ms u64, request_hash [32],
 //!               route u8, form u8, namespace_tag [8], family [32] (if flagged),
-//!               usage 4 x u64, body length u64, stored body length u64,
+//!               usage 5 x u64 (prompt, completion, cached, cache write, of which long
+//!               lifetime; version 1 has the first four), body length u64, stored body
+//!               length u64,
 //!               strategy (u32 length + UTF-8), model (u32 length + UTF-8)
 //! 16+H    S     body as stored (compressed or raw)
 //! end-4   4     CRC-32 over everything before it
@@ -27,9 +29,15 @@
 //! Why a separate header CRC: purge reads only headers (a Redis `GETRANGE`, a disk scan
 //! that skips decompression) and must trust what it reads there without the body.
 //!
-//! Version rule: a reader decodes exactly its own [`FORMAT_VERSION`]; anything else is
-//! [`DecodeError::UnsupportedVersion`], which the stores treat as a miss and delete.
-//! A format change bumps the version, so an old entry is re-fetched, never misread.
+//! Version rule: a reader decodes its own [`FORMAT_VERSION`] and the older versions it
+//! has a migration rule for ([`OLDEST_READABLE_VERSION`]); anything else is
+//! [`DecodeError::UnsupportedVersion`], which the stores treat as a miss and delete. A
+//! format change bumps the version, so an entry is re-fetched or migrated, never
+//! misread. Writers always write the current version.
+//!
+//! Migrations: version 1 → 2 added the usage's long-lifetime cache writes
+//! (`Usage::cache_write_long_tokens`). A version-1 entry decodes with 0 there, which is
+//! exactly what its writer knew: it priced every write at the default lifetime.
 
 use bytes::Bytes;
 use prefixcache_core::key::{FamilyId, RequestHash};
@@ -40,8 +48,10 @@ use crate::{ContentForm, Entry, EntryMeta};
 
 /// First four bytes of every encoded entry.
 pub const MAGIC: [u8; 4] = *b"PXCE";
-/// The one format version this build reads and writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest version this build still reads (see the migrations in the module docs).
+pub const OLDEST_READABLE_VERSION: u8 = 1;
 /// Bodies larger than this are lz4-compressed (and kept compressed only if smaller).
 /// Below it the header dominates and compression saves nothing worth the CPU.
 pub const COMPRESS_THRESHOLD: usize = 1024;
@@ -52,6 +62,8 @@ pub const MAX_BODY_BYTES: u64 = 1 << 30;
 const PREAMBLE: usize = 16;
 const TRAILER: usize = 4;
 const FLAG_LZ4: u8 = 1;
+/// Usage counters in the header of the current version.
+const USAGE_FIELDS: usize = 5;
 const FLAG_FAMILY: u8 = 2;
 const KNOWN_FLAGS: u8 = FLAG_LZ4 | FLAG_FAMILY;
 
@@ -63,7 +75,9 @@ pub enum DecodeError {
     Truncated,
     #[error("not a prefixcache entry (bad magic)")]
     BadMagic,
-    #[error("entry format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "entry format version {0} is not supported (this build reads {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u8),
     #[error("entry checksum mismatch")]
     Checksum,
@@ -110,7 +124,7 @@ pub fn encode(entry: &Entry) -> Vec<u8> {
         + 1
         + 8
         + if meta.family.is_some() { 32 } else { 0 }
-        + 4 * 8
+        + USAGE_FIELDS * 8
         + 8
         + 8
         + 4
@@ -139,6 +153,7 @@ pub fn encode(entry: &Entry) -> Vec<u8> {
         meta.usage.completion_tokens,
         meta.usage.cached_tokens,
         meta.usage.cache_write_tokens,
+        meta.usage.cache_write_long_tokens,
     ] {
         out.extend_from_slice(&n.to_le_bytes());
     }
@@ -184,7 +199,7 @@ pub fn meta_len(prefix: &[u8]) -> Result<usize, DecodeError> {
 pub fn decode_meta(prefix: &[u8]) -> Result<EntryMeta, DecodeError> {
     let p = Preamble::parse(prefix)?;
     let header = p.verified_header(prefix)?;
-    Ok(Header::parse(header, p.flags)?.meta)
+    Ok(Header::parse(header, p.version, p.flags)?.meta)
 }
 
 fn decode_with(
@@ -205,7 +220,7 @@ fn decode_with(
         meta,
         body_len,
         stored_len,
-    } = Header::parse(header, p.flags)?;
+    } = Header::parse(header, p.version, p.flags)?;
     let start = PREAMBLE + p.header_len;
     if stored_len != (content.len() - start) as u64 {
         return Err(DecodeError::Malformed("stored body length does not match"));
@@ -227,6 +242,7 @@ fn decode_with(
 }
 
 struct Preamble {
+    version: u8,
     flags: u8,
     header_len: usize,
 }
@@ -243,8 +259,9 @@ impl Preamble {
         if buf[..4] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        if buf[4] != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion(buf[4]));
+        let version = buf[4];
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(DecodeError::UnsupportedVersion(version));
         }
         if buf.len() < PREAMBLE {
             return Err(DecodeError::Truncated);
@@ -254,7 +271,11 @@ impl Preamble {
             return Err(DecodeError::Malformed("unknown flags"));
         }
         let header_len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
-        Ok(Preamble { flags, header_len })
+        Ok(Preamble {
+            version,
+            flags,
+            header_len,
+        })
     }
 
     fn verified_header<'a>(&self, buf: &'a [u8]) -> Result<&'a [u8], DecodeError> {
@@ -278,7 +299,7 @@ struct Header {
 }
 
 impl Header {
-    fn parse(header: &[u8], flags: u8) -> Result<Header, DecodeError> {
+    fn parse(header: &[u8], version: u8, flags: u8) -> Result<Header, DecodeError> {
         let mut r = Reader(header);
         let created_at_ms = r.u64()?;
         let expires_at_ms = r.u64()?;
@@ -296,6 +317,8 @@ impl Header {
             completion_tokens: r.u64()?,
             cached_tokens: r.u64()?,
             cache_write_tokens: r.u64()?,
+            // Version 1 did not carry the split: every write at the default lifetime.
+            cache_write_long_tokens: if version >= 2 { r.u64()? } else { 0 },
         };
         let body_len = r.u64()?;
         let stored_len = r.u64()?;
@@ -416,6 +439,7 @@ mod tests {
                     completion_tokens: 80,
                     cached_tokens: 1024,
                     cache_write_tokens: 3,
+                    cache_write_long_tokens: 2,
                 },
             },
             body: Bytes::from(body),
@@ -528,6 +552,10 @@ mod tests {
         let mut bytes = encode(&sample(b"x".to_vec(), false));
         bytes[4] = 0;
         assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(0)));
+        // (Version 1 is readable, but these bytes are version 2's layout: the checksums
+        // and lengths refuse them rather than misread them.)
+        bytes[4] = 1;
+        assert!(decode(&bytes).is_err());
         bytes[4] = FORMAT_VERSION + 1;
         assert_eq!(
             decode(&bytes),
@@ -536,6 +564,44 @@ mod tests {
         assert_eq!(decode(b"{\"json\": true}"), Err(DecodeError::BadMagic));
         assert_eq!(decode(b""), Err(DecodeError::Truncated));
         assert_eq!(decode(b"PX"), Err(DecodeError::Truncated));
+    }
+
+    /// Encodes `e` the way a version-1 writer did: four usage counters, version byte 1.
+    fn encode_v1(e: &Entry) -> Vec<u8> {
+        let v2 = encode(e);
+        let header_len = u32::from_le_bytes([v2[8], v2[9], v2[10], v2[11]]) as usize;
+        let header = &v2[PREAMBLE..PREAMBLE + header_len];
+        // The usage block sits right after the fixed fields and the family.
+        let usage_at = 8 + 8 + 32 + 1 + 1 + 8 + if e.meta.family.is_some() { 32 } else { 0 };
+        let mut h1 = header[..usage_at + 4 * 8].to_vec();
+        h1.extend_from_slice(&header[usage_at + 5 * 8..]);
+        let mut out = v2[..PREAMBLE].to_vec();
+        out[4] = 1;
+        out[8..12].copy_from_slice(&(h1.len() as u32).to_le_bytes());
+        out.extend_from_slice(&h1);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&out[..12]);
+        h.update(&out[PREAMBLE..]);
+        out[12..16].copy_from_slice(&h.finalize().to_le_bytes());
+        out.extend_from_slice(&v2[PREAMBLE + header_len..v2.len() - TRAILER]);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn version_1_entries_are_migrated_with_no_long_writes() {
+        for body in [b"{\"id\":1}".to_vec(), json_body(5000)] {
+            let mut e = sample(body, true);
+            let v1 = encode_v1(&e);
+            assert_eq!(v1[4], 1);
+            // What a version-1 writer knew: every write at the default lifetime.
+            e.meta.usage.cache_write_long_tokens = 0;
+            assert_eq!(decode(&v1).unwrap(), e);
+            assert_eq!(decode_meta(&v1[..meta_len(&v1).unwrap()]).unwrap(), e.meta);
+            // The bytes are 8 shorter than the current encoding of the same entry.
+            assert_eq!(v1.len() + 8, encode(&e).len());
+        }
     }
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
@@ -551,7 +617,7 @@ mod tests {
                 ".{0,40}",
                 proptest::option::of(any::<[u8; 32]>()),
             ),
-            any::<[u64; 4]>(),
+            any::<[u64; 5]>(),
             body,
         )
             .prop_map(
@@ -582,6 +648,7 @@ mod tests {
                                 completion_tokens: u[1],
                                 cached_tokens: u[2],
                                 cache_write_tokens: u[3],
+                                cache_write_long_tokens: u[4],
                             },
                         },
                         body: Bytes::from(body),

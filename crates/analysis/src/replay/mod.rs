@@ -655,6 +655,7 @@ fn simulate(spec: &SimSpec, p: &Prepared, opts: &ReplayOptions) -> SpecRun {
                     completion_tokens: r.completion_tokens,
                     cached_tokens: cached.min(r.prompt_tokens),
                     cache_write_tokens: 0,
+                    cache_write_long_tokens: 0,
                 })
                 .usd
             })

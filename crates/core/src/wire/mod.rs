@@ -6,7 +6,9 @@
 //!
 //! All functions are pure and work on bytes; the SSE framing and stream assembly they
 //! build on live in [`crate::sse`]. Decisions are recorded in `docs/streaming.md`.
+//! Anthropic's Messages API has the same set of functions in [`anthropic`].
 
+pub mod anthropic;
 pub mod fuzzing;
 mod render;
 mod request;
@@ -54,7 +56,15 @@ impl WireError {
     }
 }
 
-/// Token counts as either API names them; nulls and missing fields are zero.
+/// Token counts as any of the APIs name them; nulls and missing fields are zero.
+///
+/// Three namings: chat and legacy completions (`prompt_tokens`, `completion_tokens`,
+/// `prompt_tokens_details`), Responses (`input_tokens`, `output_tokens`,
+/// `input_tokens_details`), and Anthropic's Messages API (`input_tokens` *without* the
+/// cached and written tokens, `cache_read_input_tokens`, `cache_creation_input_tokens`,
+/// `cache_creation: {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}`). An object
+/// with either Anthropic cache counter is read the Anthropic way; one without them means
+/// the same under both readings.
 #[derive(Deserialize, Default)]
 struct UsageIn {
     #[serde(default)]
@@ -69,6 +79,12 @@ struct UsageIn {
     prompt_tokens_details: Option<DetailsIn>,
     #[serde(default)]
     input_tokens_details: Option<DetailsIn>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation: Option<CacheCreationIn>,
 }
 
 #[derive(Deserialize, Default)]
@@ -78,27 +94,68 @@ struct DetailsIn {
     /// Prompt-cache writes, reported by GPT-5.6 and later (billed at 1.25x input).
     #[serde(default)]
     cache_write_tokens: Option<u64>,
+    /// Responses: the writes by lifetime (`ttl_30m_tokens`, `ttl_12h_tokens`).
+    #[serde(default)]
+    cache_write_tokens_details: Option<WriteDetailsIn>,
+}
+
+#[derive(Deserialize, Default)]
+struct WriteDetailsIn {
+    #[serde(default)]
+    ttl_12h_tokens: Option<u64>,
+}
+
+/// Anthropic's `usage.cache_creation`: the written tokens by lifetime.
+#[derive(Deserialize, Default)]
+struct CacheCreationIn {
+    #[serde(default)]
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl UsageIn {
     fn normalize(self) -> Usage {
+        if self.cache_read_input_tokens.is_some() || self.cache_creation_input_tokens.is_some() {
+            // Anthropic: input_tokens counts only the tokens after the last cache
+            // breakpoint; the total input is the sum of the three counters.
+            let read = self.cache_read_input_tokens.unwrap_or(0);
+            let written = self.cache_creation_input_tokens.unwrap_or(0);
+            let long = self
+                .cache_creation
+                .and_then(|c| c.ephemeral_1h_input_tokens)
+                .unwrap_or(0);
+            return Usage {
+                prompt_tokens: self.input_tokens.unwrap_or(0) + read + written,
+                completion_tokens: self.output_tokens.unwrap_or(0),
+                cached_tokens: read,
+                cache_write_tokens: written,
+                cache_write_long_tokens: long.min(written),
+            };
+        }
         let details = self
             .prompt_tokens_details
             .or(self.input_tokens_details)
             .unwrap_or_default();
+        let written = details.cache_write_tokens.unwrap_or(0);
+        let long = details
+            .cache_write_tokens_details
+            .and_then(|d| d.ttl_12h_tokens)
+            .unwrap_or(0);
         Usage {
             prompt_tokens: self.prompt_tokens.or(self.input_tokens).unwrap_or(0),
             completion_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
             cached_tokens: details.cached_tokens.unwrap_or(0),
-            cache_write_tokens: details.cache_write_tokens.unwrap_or(0),
+            cache_write_tokens: written,
+            cache_write_long_tokens: long.min(written),
         }
     }
 }
 
-/// Normalizes a `usage` object of any route: `prompt_tokens`/`completion_tokens` with
-/// `prompt_tokens_details` (chat, completions, embeddings) or `input_tokens`/
-/// `output_tokens` with `input_tokens_details` (responses); `cached_tokens` and
-/// `cache_write_tokens` from the details. `None` unless it is an object.
+/// Normalizes a `usage` object of any route or provider: `prompt_tokens` /
+/// `completion_tokens` with `prompt_tokens_details` (chat, completions, embeddings),
+/// `input_tokens` / `output_tokens` with `input_tokens_details` (responses), or
+/// Anthropic's counters (`cache_read_input_tokens`, `cache_creation_input_tokens`, added
+/// to `input_tokens`); `cached_tokens` and `cache_write_tokens` with the part written at
+/// the longer lifetime. `None` unless it is an object.
 pub fn usage_from_value(v: &Value) -> Option<Usage> {
     if !v.is_object() {
         return None;
@@ -426,7 +483,8 @@ mod tests {
                 prompt_tokens: 2006,
                 completion_tokens: 300,
                 cached_tokens: 1920,
-                cache_write_tokens: 80
+                cache_write_tokens: 80,
+                cache_write_long_tokens: 0,
             })
         );
         let resp = json!({"input_tokens": 18014, "input_tokens_details": {"cache_write_tokens": 18011, "cached_tokens": 0},
@@ -437,7 +495,8 @@ mod tests {
                 prompt_tokens: 18014,
                 completion_tokens: 42,
                 cached_tokens: 0,
-                cache_write_tokens: 18011
+                cache_write_tokens: 18011,
+                cache_write_long_tokens: 0,
             })
         );
         let emb = json!({"prompt_tokens": 8, "total_tokens": 8});
@@ -446,6 +505,71 @@ mod tests {
         let nulls =
             json!({"prompt_tokens": 3, "completion_tokens": null, "prompt_tokens_details": null});
         assert_eq!(usage_from_value(&nulls).map(|u| u.total()), Some(3));
+    }
+
+    #[test]
+    fn usage_carries_the_12h_write_split_of_responses() {
+        // Responses (SDK ResponseUsage): writes by lifetime under cache_write_tokens_details.
+        let resp = json!({"input_tokens": 5000, "output_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 1024, "cache_write_tokens": 3000,
+                "cache_write_tokens_details": {"ttl_30m_tokens": 1000, "ttl_12h_tokens": 2000}}});
+        let u = usage_from_value(&resp).unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.cache_write_long_tokens
+            ),
+            (5000, 1024, 3000, 2000)
+        );
+        assert_eq!(u.cache_write_short_tokens(), 1000);
+        // A split larger than the total is clamped: the long part is a part.
+        let odd = json!({"input_tokens": 10, "input_tokens_details": {"cache_write_tokens": 5,
+            "cache_write_tokens_details": {"ttl_12h_tokens": 9}}});
+        assert_eq!(usage_from_value(&odd).unwrap().cache_write_long_tokens, 5);
+    }
+
+    #[test]
+    fn anthropic_usage_adds_cached_and_written_tokens_to_the_input() {
+        // Anthropic's usage: input_tokens excludes the cache counters. Numbers from the
+        // prompt-caching example (21 uncached, 188086 written with a 1-hour lifetime).
+        let first = json!({"input_tokens": 21, "cache_creation_input_tokens": 188086,
+            "cache_read_input_tokens": 0, "output_tokens": 393,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 188086},
+            "service_tier": "standard"});
+        assert_eq!(
+            usage_from_value(&first),
+            Some(Usage {
+                prompt_tokens: 188107,
+                completion_tokens: 393,
+                cached_tokens: 0,
+                cache_write_tokens: 188086,
+                cache_write_long_tokens: 188086,
+            })
+        );
+        let second = json!({"input_tokens": 21, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 188086, "output_tokens": 393});
+        assert_eq!(
+            usage_from_value(&second),
+            Some(Usage {
+                prompt_tokens: 188107,
+                completion_tokens: 393,
+                cached_tokens: 188086,
+                cache_write_tokens: 0,
+                cache_write_long_tokens: 0,
+            })
+        );
+        // Without the cache counters an Anthropic usage reads like a Responses one.
+        let plain = json!({"input_tokens": 11, "output_tokens": 6});
+        assert_eq!(usage_from_value(&plain).map(|u| u.total()), Some(17));
+        // Nulls are zero.
+        let nulls = json!({"input_tokens": 7, "cache_read_input_tokens": null,
+            "cache_creation_input_tokens": 3, "cache_creation": null, "output_tokens": 1});
+        assert_eq!(
+            usage_from_value(&nulls).map(|u| (u.prompt_tokens, u.cache_write_tokens)),
+            Some((10, 3))
+        );
     }
 
     #[test]

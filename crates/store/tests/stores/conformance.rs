@@ -81,6 +81,7 @@ pub fn entry(now: u64, ttl_ms: u64, body: impl Into<Bytes>) -> Entry {
                 completion_tokens: 42,
                 cached_tokens: 1024,
                 cache_write_tokens: 0,
+                cache_write_long_tokens: 0,
             },
         },
         body: body.into(),
