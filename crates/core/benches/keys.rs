@@ -1,9 +1,10 @@
 //! Cost of a canonical cache key by request size (1 KiB to 1 MiB): the JSON parse the
-//! proxy does once per request, `compute_keys` on the parsed body (canonical
-//! serialization + two BLAKE3 hashes), both together (what a request pays before its
-//! store lookup), and `compute_keys` with whitespace normalization. Two body shapes: a
-//! document (one long user message, the article's `document_analysis`) and a
-//! conversation (many short turns: many small strings and objects to sort and escape).
+//! proxy does once per request (for the fields that steer it), the key from the raw
+//! bytes (`canonicalize` + `compute_keys`: canonical form + two BLAKE3 hashes), both
+//! together (what a request pays before its store lookup), and the key with whitespace
+//! normalization. Two body shapes: a document (one long user message, the article's
+//! `document_analysis`) and a conversation (many short turns: many small strings and
+//! objects to sort and escape).
 //!
 //! `cargo bench -p prefixcache-core --bench keys`; results in docs/BENCHMARKS.md.
 
@@ -11,6 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::KeyMode;
 use prefixcache_core::key::{FamilyId, KeyInput, Namespace, TenantSecret, compute_keys};
 use prefixcache_core::route::Route;
@@ -96,17 +98,19 @@ fn parse(raw: &[u8]) -> Map<String, Value> {
 fn keys(c: &mut Criterion) {
     let ns = Namespace::for_credential(&TenantSecret::from_text("bench secret"), &[b"Bearer sk-x"]);
     let family = FamilyId([7; 32]);
-    let input = |body: &Map<String, Value>, normalize: bool| {
+    let input = |raw: &[u8], normalize: bool| {
+        let body = canonicalize(Route::ChatCompletions, raw, normalize).ok()?;
         let input = KeyInput {
             namespace: &ns,
             strategy: "default",
+            method: "POST",
             route: Route::ChatCompletions,
-            body,
+            query: "",
+            body: &body,
             key_mode: KeyMode::Exact,
             family: Some(&family),
-            normalize_whitespace: normalize,
         };
-        compute_keys(&input)
+        compute_keys(&input).ok()
     };
     for (shape, make) in [
         ("document", document as fn(usize) -> Vec<u8>),
@@ -118,23 +122,27 @@ fn keys(c: &mut Criterion) {
         g.measurement_time(Duration::from_secs(3));
         for (size, label) in SIZES {
             let raw = make(size);
-            let body = parse(&raw);
             g.throughput(Throughput::Bytes(raw.len() as u64));
             g.bench_with_input(BenchmarkId::new("parse", label), &raw, |b, raw| {
                 b.iter(|| black_box(parse(black_box(raw))))
             });
-            g.bench_with_input(BenchmarkId::new("compute_keys", label), &body, |b, body| {
-                b.iter(|| black_box(input(black_box(body), false)))
+            g.bench_with_input(BenchmarkId::new("compute_keys", label), &raw, |b, raw| {
+                b.iter(|| black_box(input(black_box(raw), false)))
             });
             g.bench_with_input(
                 BenchmarkId::new("parse+compute_keys", label),
                 &raw,
-                |b, raw| b.iter(|| black_box(input(&parse(black_box(raw)), false))),
+                |b, raw| {
+                    b.iter(|| {
+                        let parsed = parse(black_box(raw));
+                        black_box((input(raw, false), parsed))
+                    })
+                },
             );
             g.bench_with_input(
                 BenchmarkId::new("compute_keys_normalized", label),
-                &body,
-                |b, body| b.iter(|| black_box(input(black_box(body), true))),
+                &raw,
+                |b, raw| b.iter(|| black_box(input(black_box(raw), true))),
             );
         }
         g.finish();
