@@ -16,7 +16,7 @@ use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::KeyMode;
 use prefixcache_core::key::{FamilyId, KeyInput, Namespace, TenantSecret, compute_keys};
 use prefixcache_core::route::Route;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 const SYSTEM: &str = "You are a document analyzer for Acme Corp. Read the document the user \
     provides, identify its type (contract, invoice, report or letter), extract the parties, \
@@ -36,19 +36,21 @@ const SIZES: [(usize, &str); 5] = [
     (1 << 20, "1MiB"),
 ];
 
-fn envelope(messages: Vec<Value>) -> Value {
-    json!({
-        "model": "gpt-4o",
-        "temperature": 0.7,
-        "max_tokens": 512,
-        "stream": false,
-        "user": "bench",
-        "tools": [{"type": "function", "function": {"name": "lookup_party",
-            "description": "Look up a company by name",
-            "parameters": {"type": "object", "properties": {"name": {"type": "string"}},
-                "required": ["name"]}}}],
-        "messages": messages,
-    })
+/// A body written as the SDKs write it (members in the order the caller's code builds
+/// them: `role` before `content`), not in serde_json's sorted order.
+fn envelope(messages: &[(&str, String)]) -> Vec<u8> {
+    let mut s = String::from(r#"{"model":"gpt-4o","messages":["#);
+    for (i, (role, content)) in messages.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let content = serde_json::to_string(content).unwrap_or_default();
+        s.push_str(&format!(r#"{{"role":"{role}","content":{content}}}"#));
+    }
+    s.push_str(
+        r#"],"temperature":0.7,"max_tokens":512,"stream":false,"user":"bench","tools":[{"type":"function","function":{"name":"lookup_party","description":"Look up a company by name","parameters":{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}}}]}"#,
+    );
+    s.into_bytes()
 }
 
 /// One long user message: a body of about `size` bytes.
@@ -57,16 +59,15 @@ fn document(size: usize) -> Vec<u8> {
     while doc.len() + PARAGRAPH.len() < size.saturating_sub(SYSTEM.len() + 420) {
         doc.push_str(PARAGRAPH);
     }
-    let body = envelope(vec![
-        json!({"role": "system", "content": SYSTEM}),
-        json!({"role": "user", "content": format!("Document:\n{doc}")}),
-    ]);
-    serde_json::to_vec(&body).unwrap_or_default()
+    envelope(&[
+        ("system", SYSTEM.to_string()),
+        ("user", format!("Document:\n{doc}")),
+    ])
 }
 
 /// Many short turns: a body of about `size` bytes.
 fn conversation(size: usize) -> Vec<u8> {
-    let mut messages = vec![json!({"role": "system", "content": SYSTEM})];
+    let mut messages = vec![("system", SYSTEM.to_string())];
     let mut len = SYSTEM.len() + 420;
     let mut turn = 0usize;
     while len < size.saturating_sub(120) {
@@ -82,10 +83,10 @@ fn conversation(size: usize) -> Vec<u8> {
             )
         };
         len += content.len() + 34;
-        messages.push(json!({"role": role, "content": content}));
+        messages.push((role, content));
         turn += 1;
     }
-    serde_json::to_vec(&envelope(messages)).unwrap_or_default()
+    envelope(&messages)
 }
 
 fn parse(raw: &[u8]) -> Map<String, Value> {

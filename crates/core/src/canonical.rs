@@ -4,7 +4,7 @@
 //! Rules (the table in `docs/security.md`, "Key rules"):
 //! - Object members keep the order they were written in, except in the objects the API
 //!   reads into a fixed struct ([`Shape`]: the top level, messages, content parts, tool
-//!   and format wrappers), whose members are sorted. A JSON schema, tool parameters, and
+//!   and format wrappers), whose members are sorted (in descending key order). A JSON schema, tool parameters, and
 //!   every field this table does not name keep their order: structured outputs follow
 //!   the schema's property order.
 //! - A number keeps its exact value and whether it was written as an integer
@@ -14,6 +14,7 @@
 //! - A key written twice in any object is reported ([`CanonicalBody::has_duplicate_keys`]):
 //!   parsers disagree on which one wins, so such a request is never cached.
 
+use std::cmp::Ordering;
 use std::ops::Range;
 
 use crate::rawjson::{self, MAX_DEPTH, NumTok, StrTok, SyntaxError, skip_ws};
@@ -193,6 +194,15 @@ pub fn canonicalize(
     })
 }
 
+/// The order of members in a fixed struct: descending bytes of the (canonical) key. Any
+/// fixed order would do; this one is the order SDKs write the members people send most
+/// (`role` before `content`, `type` before `text` or `image_url`, `type` before
+/// `function`), so a usual body needs no reordering, and a long message is never
+/// copied twice.
+fn canonical_order(a: &[u8], b: &[u8]) -> Ordering {
+    b.cmp(a)
+}
+
 /// One member written to `out`: `"key":value` at `start..end`, the key at `start..key_end`.
 #[derive(Debug, Clone, Copy)]
 struct Rec {
@@ -239,7 +249,7 @@ impl Writer<'_> {
         let end = self.object(open, Some(fields), Order::Top, 0)?;
         let recs = std::mem::take(&mut self.recs);
         let mut order: Vec<usize> = (0..recs.len()).collect();
-        order.sort_by(|&x, &y| self.key_text(&recs[x]).cmp(self.key_text(&recs[y])));
+        order.sort_by(|&x, &y| canonical_order(self.key_text(&recs[x]), self.key_text(&recs[y])));
         if order
             .windows(2)
             .any(|p| self.key_text(&recs[p[0]]) == self.key_text(&recs[p[1]]))
@@ -440,10 +450,10 @@ impl Writer<'_> {
             return;
         }
         let recs = &self.recs[base..];
-        let strictly_increasing = recs
+        let in_order = recs
             .windows(2)
-            .all(|p| self.key_text(&p[0]) < self.key_text(&p[1]));
-        if strictly_increasing {
+            .all(|p| canonical_order(self.key_text(&p[0]), self.key_text(&p[1])) == Ordering::Less);
+        if in_order {
             return; // sorted, and no key twice
         }
         if !sort && n <= 8 {
@@ -462,7 +472,7 @@ impl Writer<'_> {
         order.clear();
         order.extend(0..n);
         // Stable: members with the same key (a duplicate) keep their written order.
-        order.sort_by(|&x, &y| self.key_text(&recs[x]).cmp(self.key_text(&recs[y])));
+        order.sort_by(|&x, &y| canonical_order(self.key_text(&recs[x]), self.key_text(&recs[y])));
         if order
             .windows(2)
             .any(|p| self.key_text(&recs[p[0]]) == self.key_text(&recs[p[1]]))
@@ -625,17 +635,17 @@ mod tests {
             "messages":[{"content":[{"text":"hi","type":"text"}],"role":"user"}],"model":"m","extra":{"z":1,"y":2}}"#;
         assert_eq!(
             chat(body),
-            r#"{"extra":{"z":1,"y":2},"messages":[{"content":[{"text":"hi","type":"text"}],"role":"user"}],"model":"m","tools":[{"function":{"name":"f","parameters":{"type":"object","properties":{"b":{},"a":{}}}},"type":"function"}]}"#
+            r#"{"tools":[{"type":"function","function":{"parameters":{"type":"object","properties":{"b":{},"a":{}}},"name":"f"}}],"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"extra":{"z":1,"y":2}}"#
         );
         let schema = r#"{"response_format":{"type":"json_schema","json_schema":{"schema":{"properties":{"b":1,"a":2}},"name":"x"}}}"#;
         assert_eq!(
             chat(schema),
-            r#"{"response_format":{"json_schema":{"name":"x","schema":{"properties":{"b":1,"a":2}}},"type":"json_schema"}}"#
+            r#"{"response_format":{"type":"json_schema","json_schema":{"schema":{"properties":{"b":1,"a":2}},"name":"x"}}}"#
         );
         let text_format = r#"{"text":{"format":{"type":"json_schema","schema":{"b":1,"a":2},"name":"x"}},"tools":[{"parameters":{"b":1,"a":2},"type":"function"}]}"#;
         assert_eq!(
             canon(Route::Responses, text_format),
-            r#"{"text":{"format":{"name":"x","schema":{"b":1,"a":2},"type":"json_schema"}},"tools":[{"parameters":{"b":1,"a":2},"type":"function"}]}"#
+            r#"{"tools":[{"type":"function","parameters":{"b":1,"a":2}}],"text":{"format":{"type":"json_schema","schema":{"b":1,"a":2},"name":"x"}}}"#
         );
     }
 
@@ -669,7 +679,7 @@ mod tests {
     #[test]
     fn non_semantic_fields_are_dropped_at_the_top_only() {
         let a = chat(r#"{"model":"m","stream":true,"user":"u","store":true,"x":{"user":1}}"#);
-        assert_eq!(a, r#"{"model":"m","store":true,"x":{"user":1}}"#);
+        assert_eq!(a, r#"{"x":{"user":1},"store":true,"model":"m"}"#);
     }
 
     #[test]
@@ -701,7 +711,7 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(c.to_vec(), br#"{"a  b":"x y","c":""}"#);
+        assert_eq!(c.to_vec(), br#"{"c":"","a  b":"x y"}"#);
     }
 
     #[test]

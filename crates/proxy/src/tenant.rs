@@ -41,7 +41,8 @@ const CREDENTIAL_PARAMS: [&str; 8] = [
 pub struct Caller {
     pub namespace: Namespace,
     /// The namespace is the caller's alone: tenants are separated (`api_key`) and the
-    /// caller sent a credential of its own (not only the proxy's fallback key).
+    /// caller sent a secret credential of its own (not only the proxy's fallback key,
+    /// nor only an organization or project id).
     /// Responses marked `Cache-Control: private` are stored only then.
     pub own: bool,
 }
@@ -91,12 +92,15 @@ impl Tenancy {
             .map(|n| HeaderName::from_static(n))
             .chain(self.extra_headers.iter().cloned());
         for name in names {
+            // Organization and project select what a key may see; they are no secret,
+            // so they alone do not make a namespace the caller's own.
+            let secret = name != "openai-organization" && name != "openai-project";
             let mut part = Vec::new();
             for value in headers.get_all(&name) {
                 // Length-prefixed, so ["ab"] and ["a", "b"] differ.
                 part.extend_from_slice(&(value.len() as u64).to_le_bytes());
                 part.extend_from_slice(value.as_bytes());
-                own = true;
+                own |= secret;
             }
             if part.is_empty()
                 && name == header::AUTHORIZATION
@@ -258,6 +262,11 @@ mod tests {
         assert_eq!(none.namespace, explicit.namespace);
         assert!(!none.own && explicit.own);
         assert!(t.caller(&HeaderMap::new(), Some("key=abc")).own);
+        assert!(
+            !t.caller(&headers(&[("openai-project", "proj_1")]), None)
+                .own,
+            "a project id is no secret"
+        );
         let shared = Tenancy::new(
             TenantMode::Shared,
             TenantSecret::from_text("0123456789abcdef-secret"),
