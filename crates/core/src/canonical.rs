@@ -129,6 +129,18 @@ impl CanonicalBody {
         self.duplicate_keys
     }
 
+    /// Feeds the canonical bytes to `hasher`: joined first when small (one `update`
+    /// costs less than many), by reference when large (no copy of a long body).
+    pub fn hash_into(&self, hasher: &mut blake3::Hasher) {
+        if self.buf.len() <= JOIN_BELOW {
+            hasher.update(&self.to_vec());
+        } else {
+            self.write_to(|b| {
+                hasher.update(b);
+            });
+        }
+    }
+
     /// Feeds the canonical bytes to `sink` in order, without joining them first (the
     /// top level is reordered by reference, never copied).
     pub fn write_to(&self, mut sink: impl FnMut(&[u8])) {
@@ -150,6 +162,9 @@ impl CanonicalBody {
         out
     }
 }
+
+/// Below this many canonical bytes, [`CanonicalBody::hash_into`] joins the members.
+const JOIN_BELOW: usize = 64 * 1024;
 
 /// Canonicalizes a request body of `route` (see the module docs). `normalize_whitespace`
 /// (a strategy option) collapses whitespace runs in every string value.
@@ -249,7 +264,10 @@ impl Writer<'_> {
         let end = self.object(open, Some(fields), Order::Top, 0)?;
         let recs = std::mem::take(&mut self.recs);
         let mut order: Vec<usize> = (0..recs.len()).collect();
-        order.sort_by(|&x, &y| canonical_order(self.key_text(&recs[x]), self.key_text(&recs[y])));
+        // Equal keys (a duplicate) keep their written order: the index breaks the tie.
+        order.sort_unstable_by(|&x, &y| {
+            canonical_order(self.key_text(&recs[x]), self.key_text(&recs[y])).then(x.cmp(&y))
+        });
         if order
             .windows(2)
             .any(|p| self.key_text(&recs[p[0]]) == self.key_text(&recs[p[1]]))
@@ -498,8 +516,9 @@ impl Writer<'_> {
     }
 
     fn string(&mut self, tok: &StrTok, normalize: bool) {
-        if !tok.escaped && !normalize {
-            // Validated: no quote, backslash or control character, so no escape needed.
+        if (!tok.escaped || tok.canonical_escapes) && !normalize {
+            // Validated: no raw quote, backslash or control character, and every escape
+            // already in serde_json's spelling: the text is its own canonical form.
             self.out.push(b'"');
             self.out.extend_from_slice(&self.b[tok.content.clone()]);
             self.out.push(b'"');

@@ -215,9 +215,7 @@ pub fn compute_keys(input: &KeyInput<'_>) -> Result<Keys, KeyError> {
     part(&mut rh, method.as_bytes());
     part(&mut rh, route.path().as_bytes());
     part(&mut rh, query.as_bytes());
-    body.write_to(|b| {
-        rh.update(b);
-    });
+    body.hash_into(&mut rh);
     let request_hash = RequestHash(*rh.finalize().as_bytes());
 
     let mut kh = blake3::Hasher::new_derive_key("prefixcache cache key v3");

@@ -43,6 +43,9 @@ pub struct StrTok {
     pub content: Range<usize>,
     /// Whether the text contains a backslash escape (else it is the string itself).
     pub escaped: bool,
+    /// Every escape is the one serde_json writes for its character (`\"`, `\\`, `\n`,
+    /// `\u001f`, ...), so the text as written is already the canonical spelling.
+    pub canonical_escapes: bool,
 }
 
 /// Reads the string that opens at `b[i] == b'"'`; returns it and the index after it.
@@ -50,24 +53,49 @@ pub fn scan_string(b: &[u8], i: usize) -> Result<(StrTok, usize), SyntaxError> {
     debug_assert_eq!(b.get(i), Some(&b'"'));
     let start = i + 1;
     let mut pos = start;
+    // The text between escapes is checked whole from `plain`.
+    let mut plain = start;
     let mut escaped = false;
+    let mut canonical_escapes = true;
     loop {
         let Some(off) = memchr::memchr2(b'"', b'\\', &b[pos..]) else {
             return err(b.len(), "unterminated string");
         };
         let stop = pos + off;
-        check_plain(b, pos, stop)?;
+        check_plain(b, plain, stop)?;
         if b[stop] == b'"' {
             return Ok((
                 StrTok {
                     content: start..stop,
                     escaped,
+                    canonical_escapes,
                 },
                 stop + 1,
             ));
         }
         escaped = true;
-        pos = scan_escape(b, stop)?;
+        let next = scan_escape(b, stop)?;
+        canonical_escapes &= is_canonical_escape(&b[stop..next]);
+        pos = next;
+        plain = next;
+    }
+}
+
+/// Whether an escape is the one serde_json writes: the short forms but `\/`, and
+/// `\u00XX` in lower-case hex only for the other control characters.
+fn is_canonical_escape(e: &[u8]) -> bool {
+    match e {
+        [b'\\', b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't'] => true,
+        [b'\\', b'u', b'0', b'0', hi @ (b'0' | b'1'), lo] => {
+            let lo_val = match lo {
+                b'0'..=b'9' => lo - b'0',
+                b'a'..=b'f' => lo - b'a' + 10,
+                _ => return false,
+            };
+            let c = (hi - b'0') << 4 | lo_val;
+            !matches!(c, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d)
+        }
+        _ => false,
     }
 }
 
@@ -75,11 +103,12 @@ pub fn scan_string(b: &[u8], i: usize) -> Result<(StrTok, usize), SyntaxError> {
 /// character never straddles one).
 fn check_plain(b: &[u8], from: usize, to: usize) -> Result<(), SyntaxError> {
     let seg = &b[from..to];
-    if has_control(seg) {
+    let (control, ascii) = classify(seg);
+    if control {
         let at = from + seg.iter().position(|&c| c < 0x20).unwrap_or(0);
         return err(at, "control character in string");
     }
-    if seg.is_ascii() {
+    if ascii {
         return Ok(());
     }
     match std::str::from_utf8(seg) {
@@ -88,21 +117,27 @@ fn check_plain(b: &[u8], from: usize, to: usize) -> Result<(), SyntaxError> {
     }
 }
 
-/// Whether any byte is below 0x20, eight bytes at a time.
-fn has_control(bytes: &[u8]) -> bool {
+/// Whether any byte is below 0x20, and whether all are ASCII, in one pass of eight
+/// bytes at a time (this runs over nearly every byte of every request body).
+fn classify(bytes: &[u8]) -> (bool, bool) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut high = 0u64;
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let v = u64::from_le_bytes(word);
+        high |= v;
         // Flags every byte below 0x20 (and, through borrows, maybe others: checked).
         if v.wrapping_sub(ONES * 0x20) & !v & HIGH != 0 && chunk.iter().any(|&c| c < 0x20) {
-            return true;
+            return (true, false);
         }
     }
-    chunks.remainder().iter().any(|&c| c < 0x20)
+    let rest = chunks.remainder();
+    let control = rest.iter().any(|&c| c < 0x20);
+    let ascii = high & HIGH == 0 && rest.is_ascii();
+    (control, ascii)
 }
 
 /// Validates the escape at `b[i] == b'\\'`; returns the index after it.
@@ -501,6 +536,26 @@ mod tests {
     }
 
     #[test]
+    fn canonical_escapes_are_the_ones_serde_json_writes() {
+        for c in 0u32..0x80 {
+            let ch = char::from_u32(c).unwrap();
+            let written = serde_json::to_string(&ch.to_string()).unwrap();
+            let (tok, _) = scan_string(written.as_bytes(), 0).unwrap();
+            assert!(tok.canonical_escapes, "{written}");
+        }
+        for other in [
+            r#""\/""#,
+            r#""\u0041""#,
+            r#""\u001F""#,
+            r#""\u000a""#,
+            r#""\u00e9""#,
+        ] {
+            let (tok, _) = scan_string(other.as_bytes(), 0).unwrap();
+            assert!(tok.escaped && !tok.canonical_escapes, "{other}");
+        }
+    }
+
+    #[test]
     fn strings_decode_as_serde_json_does() {
         let b = br#""a\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00z""#;
         let (tok, _) = scan_string(b, 0).unwrap();
@@ -535,6 +590,15 @@ mod tests {
         #[test]
         fn accepts_exactly_what_serde_json_accepts(b in json_like()) {
             prop_assert_eq!(accepts(&b), serde_accepts(&b), "{:?}", String::from_utf8_lossy(&b));
+        }
+
+        #[test]
+        fn classify_agrees_with_the_byte_loop(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
+            let (control, ascii) = classify(&bytes);
+            prop_assert_eq!(control, bytes.iter().any(|&c| c < 0x20));
+            if !control {
+                prop_assert_eq!(ascii, bytes.is_ascii());
+            }
         }
 
         #[test]
