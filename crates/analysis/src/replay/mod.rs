@@ -94,7 +94,8 @@ struct Req {
     hash: u128,
     /// Slot keys for each distinct `prefix:N` granularity, in [`Plan::grains`] order.
     slots: Box<[u128]>,
-    /// Looked up at all (not a logged bypass, not sampled under `cache_sampled = false`).
+    /// Looked up at all (not a logged bypass, not sampled under `cache_sampled = false`,
+    /// no duplicate key, not bound to server-side state).
     lookup: bool,
     /// Its response would be stored (a success, not sampled-and-skipped).
     storable: bool,
@@ -236,7 +237,11 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
         slots.push(key_u128(&k.key));
     }
     let flags = request_flags(route, body);
-    let sampled_skip = flags.sampled && !strategy.cache_sampled;
+    // As the proxy: sampled under `cache_sampled = false`, a duplicate key, or an answer
+    // bound to server-side state is never looked up nor stored.
+    let sampled_skip = (flags.sampled && !strategy.cache_sampled)
+        || canonical.has_duplicate_keys()
+        || flags.server_state.is_some();
 
     let mut prompts = Vec::new();
     let mut prompt_len = 0u64;
