@@ -325,7 +325,7 @@ fn item(
     // Within the strategy first; then across strategies, so two services sending one
     // prompt formatted differently are caught too.
     let drift = drift
-        .observe(&group, &family)
+        .observe(group.as_str(), &family)
         .or_else(|| drift.observe(ALL_STRATEGIES, &family));
     let (tools, schema) = raw_definitions(line);
     Ok(Some(Item {

@@ -389,6 +389,26 @@ pub fn parse_line(line: &[u8], line_no: u64) -> Result<Option<LogRecord>, String
     }))
 }
 
+/// The request body of a line as its bytes were written: the `request` member of a
+/// wrapped line, else the whole line. The cache key is read from these bytes (member
+/// order and number spelling count), so replay keys requests as the proxy did. `None`
+/// when the line is not a JSON object.
+pub fn request_bytes(line: &[u8]) -> Option<&[u8]> {
+    let open = prefixcache_core::rawjson::document(line).ok()?;
+    if line[open] != b'{' {
+        return None;
+    }
+    let members = prefixcache_core::rawjson::members(line, open, 0).ok()?;
+    match members
+        .iter()
+        .rev()
+        .find(|m| m.key_is(line, "request") && line[m.value.start] == b'{')
+    {
+        Some(m) => Some(&line[m.value.clone()]),
+        None => Some(line),
+    }
+}
+
 /// The request log's flat usage (`cached_tokens` beside `prompt_tokens`), or an API
 /// usage object with `*_tokens_details`.
 fn usage_of(v: &Value) -> Option<Usage> {

@@ -1,9 +1,10 @@
 //! Cost of a canonical cache key by request size (1 KiB to 1 MiB): the JSON parse the
-//! proxy does once per request, `compute_keys` on the parsed body (canonical
-//! serialization + two BLAKE3 hashes), both together (what a request pays before its
-//! store lookup), and `compute_keys` with whitespace normalization. Two body shapes: a
-//! document (one long user message, the article's `document_analysis`) and a
-//! conversation (many short turns: many small strings and objects to sort and escape).
+//! proxy does once per request (for the fields that steer it), the key from the raw
+//! bytes (`canonicalize` + `compute_keys`: canonical form + two BLAKE3 hashes), both
+//! together (what a request pays before its store lookup), and the key with whitespace
+//! normalization. Two body shapes: a document (one long user message, the article's
+//! `document_analysis`) and a conversation (many short turns: many small strings and
+//! objects to sort and escape).
 //!
 //! `cargo bench -p prefixcache-core --bench keys`; results in docs/BENCHMARKS.md.
 
@@ -11,10 +12,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::KeyMode;
 use prefixcache_core::key::{FamilyId, KeyInput, Namespace, TenantSecret, compute_keys};
 use prefixcache_core::route::Route;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 const SYSTEM: &str = "You are a document analyzer for Acme Corp. Read the document the user \
     provides, identify its type (contract, invoice, report or letter), extract the parties, \
@@ -34,19 +36,21 @@ const SIZES: [(usize, &str); 5] = [
     (1 << 20, "1MiB"),
 ];
 
-fn envelope(messages: Vec<Value>) -> Value {
-    json!({
-        "model": "gpt-4o",
-        "temperature": 0.7,
-        "max_tokens": 512,
-        "stream": false,
-        "user": "bench",
-        "tools": [{"type": "function", "function": {"name": "lookup_party",
-            "description": "Look up a company by name",
-            "parameters": {"type": "object", "properties": {"name": {"type": "string"}},
-                "required": ["name"]}}}],
-        "messages": messages,
-    })
+/// A body written as the SDKs write it (members in the order the caller's code builds
+/// them: `role` before `content`), not in serde_json's sorted order.
+fn envelope(messages: &[(&str, String)]) -> Vec<u8> {
+    let mut s = String::from(r#"{"model":"gpt-4o","messages":["#);
+    for (i, (role, content)) in messages.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let content = serde_json::to_string(content).unwrap_or_default();
+        s.push_str(&format!(r#"{{"role":"{role}","content":{content}}}"#));
+    }
+    s.push_str(
+        r#"],"temperature":0.7,"max_tokens":512,"stream":false,"user":"bench","tools":[{"type":"function","function":{"name":"lookup_party","description":"Look up a company by name","parameters":{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}}}]}"#,
+    );
+    s.into_bytes()
 }
 
 /// One long user message: a body of about `size` bytes.
@@ -55,16 +59,15 @@ fn document(size: usize) -> Vec<u8> {
     while doc.len() + PARAGRAPH.len() < size.saturating_sub(SYSTEM.len() + 420) {
         doc.push_str(PARAGRAPH);
     }
-    let body = envelope(vec![
-        json!({"role": "system", "content": SYSTEM}),
-        json!({"role": "user", "content": format!("Document:\n{doc}")}),
-    ]);
-    serde_json::to_vec(&body).unwrap_or_default()
+    envelope(&[
+        ("system", SYSTEM.to_string()),
+        ("user", format!("Document:\n{doc}")),
+    ])
 }
 
 /// Many short turns: a body of about `size` bytes.
 fn conversation(size: usize) -> Vec<u8> {
-    let mut messages = vec![json!({"role": "system", "content": SYSTEM})];
+    let mut messages = vec![("system", SYSTEM.to_string())];
     let mut len = SYSTEM.len() + 420;
     let mut turn = 0usize;
     while len < size.saturating_sub(120) {
@@ -80,10 +83,10 @@ fn conversation(size: usize) -> Vec<u8> {
             )
         };
         len += content.len() + 34;
-        messages.push(json!({"role": role, "content": content}));
+        messages.push((role, content));
         turn += 1;
     }
-    serde_json::to_vec(&envelope(messages)).unwrap_or_default()
+    envelope(&messages)
 }
 
 fn parse(raw: &[u8]) -> Map<String, Value> {
@@ -96,17 +99,19 @@ fn parse(raw: &[u8]) -> Map<String, Value> {
 fn keys(c: &mut Criterion) {
     let ns = Namespace::for_credential(&TenantSecret::from_text("bench secret"), &[b"Bearer sk-x"]);
     let family = FamilyId([7; 32]);
-    let input = |body: &Map<String, Value>, normalize: bool| {
+    let input = |raw: &[u8], normalize: bool| {
+        let body = canonicalize(Route::ChatCompletions, raw, normalize).ok()?;
         let input = KeyInput {
             namespace: &ns,
             strategy: "default",
+            method: "POST",
             route: Route::ChatCompletions,
-            body,
+            query: "",
+            body: &body,
             key_mode: KeyMode::Exact,
             family: Some(&family),
-            normalize_whitespace: normalize,
         };
-        compute_keys(&input)
+        compute_keys(&input).ok()
     };
     for (shape, make) in [
         ("document", document as fn(usize) -> Vec<u8>),
@@ -118,23 +123,27 @@ fn keys(c: &mut Criterion) {
         g.measurement_time(Duration::from_secs(3));
         for (size, label) in SIZES {
             let raw = make(size);
-            let body = parse(&raw);
             g.throughput(Throughput::Bytes(raw.len() as u64));
             g.bench_with_input(BenchmarkId::new("parse", label), &raw, |b, raw| {
                 b.iter(|| black_box(parse(black_box(raw))))
             });
-            g.bench_with_input(BenchmarkId::new("compute_keys", label), &body, |b, body| {
-                b.iter(|| black_box(input(black_box(body), false)))
+            g.bench_with_input(BenchmarkId::new("compute_keys", label), &raw, |b, raw| {
+                b.iter(|| black_box(input(black_box(raw), false)))
             });
             g.bench_with_input(
                 BenchmarkId::new("parse+compute_keys", label),
                 &raw,
-                |b, raw| b.iter(|| black_box(input(&parse(black_box(raw)), false))),
+                |b, raw| {
+                    b.iter(|| {
+                        let parsed = parse(black_box(raw));
+                        black_box((input(raw, false), parsed))
+                    })
+                },
             );
             g.bench_with_input(
                 BenchmarkId::new("compute_keys_normalized", label),
-                &body,
-                |b, body| b.iter(|| black_box(input(black_box(body), true))),
+                &raw,
+                |b, raw| b.iter(|| black_box(input(black_box(raw), true))),
             );
         }
         g.finish();

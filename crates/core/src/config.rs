@@ -58,7 +58,7 @@ const ENV_SECTIONS: [&str; 5] = ["store", "cache", "log", "admin", "pricing"];
 /// Every scalar key an environment variable may set. Other `PREFIXCACHE_*` variables
 /// belong to other tools (`PREFIXCACHE_PYTHON` of the test suite, `PREFIXCACHE_REPLAY_*`
 /// of `replay --live`): they are reported in [`Config::ignored_env`], not rejected.
-pub const ENV_KEYS: [&str; 25] = [
+pub const ENV_KEYS: [&str; 26] = [
     "listen",
     "upstream",
     "upstream_api_key",
@@ -75,6 +75,7 @@ pub const ENV_KEYS: [&str; 25] = [
     "store.timeout",
     "cache.tenant",
     "cache.tenant_secret",
+    "cache.tenant_headers",
     "cache.default_ttl",
     "cache.stream_finish_timeout",
     "log.path",
@@ -164,6 +165,29 @@ impl Scalar {
     }
 }
 
+/// A list of strings in TOML, or one comma-separated string (as an environment variable
+/// gives it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    List(Vec<String>),
+    Str(String),
+}
+
+impl StringList {
+    fn items(&self) -> Vec<String> {
+        let raw: Vec<&str> = match self {
+            StringList::List(v) => v.iter().map(String::as_str).collect(),
+            StringList::Str(s) => s.split(',').collect(),
+        };
+        raw.into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// Parses a byte size: `1048576`, `512KiB`, `32MiB`, `4GiB`, `1.5 GB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -220,6 +244,7 @@ struct RawStore {
 struct RawCache {
     tenant: Option<String>,
     tenant_secret: Option<String>,
+    tenant_headers: Option<StringList>,
     default_ttl: Option<Scalar>,
     stream_finish_timeout: Option<Scalar>,
 }
@@ -475,6 +500,31 @@ impl Upstream {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The URL for logs and messages: user information (`user:password@`) replaced by
+    /// `***`, query string and fragment dropped, since either may carry a credential.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+/// A URL with its user information masked and its query and fragment removed.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    match scheme {
+        Some(s) => format!("{s}://{host}{path}"),
+        None => format!("{host}{path}"),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -494,6 +544,9 @@ pub struct CacheConfig {
     pub tenant: TenantMode,
     /// Secret for the keyed hash of credentials; generated into `data_dir` when absent.
     pub tenant_secret: Option<String>,
+    /// Extra request headers that carry a credential (lower-case names), added to the
+    /// built-in list when deriving a caller's namespace.
+    pub tenant_headers: Vec<String>,
     pub default_ttl: Duration,
     /// After a client disconnects mid-stream, how long the proxy keeps reading the
     /// upstream response so it can be stored.
@@ -767,7 +820,21 @@ impl RawConfig {
                     ));
                 }
             },
-            tenant_secret: c.tenant_secret.clone().filter(|s| !s.is_empty()),
+            // Trimmed here, as the key is derived from the trimmed text.
+            tenant_secret: c
+                .tenant_secret
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            tenant_headers: c
+                .tenant_headers
+                .as_ref()
+                .map(StringList::items)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             default_ttl: opt(
                 &c.default_ttl,
                 "cache.default_ttl",
@@ -781,8 +848,14 @@ impl RawConfig {
                 Duration::from_secs(120),
             )?,
         };
+        if let Some(h) = cache.tenant_headers.iter().find(|h| !is_header_name(h)) {
+            return Err(ConfigError::key(
+                "cache.tenant_headers",
+                format!("{h:?} is not a valid header name"),
+            ));
+        }
         if let Some(secret) = &cache.tenant_secret
-            && secret.len() < 16
+            && secret.chars().count() < 16
         {
             return Err(ConfigError::key(
                 "cache.tenant_secret",
@@ -947,6 +1020,13 @@ impl RawStrategy {
             template: self.template,
         })
     }
+}
+
+/// An HTTP header name (RFC 9110 token characters).
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Glob with `*` (any run) and `?` (one character); everything else is literal.
@@ -1238,5 +1318,39 @@ output = 8.0
         assert!(glob_match("o?-mini", "o4-mini"));
         assert!(glob_match("*", ""));
         assert!(!glob_match("a*b*c", "abx"));
+    }
+
+    #[test]
+    fn tenant_secret_length_is_checked_after_trimming() {
+        let padded = format!("[cache]\ntenant_secret = \"{}short\"", " ".repeat(20));
+        let e = load(&padded).unwrap_err().to_string();
+        assert!(e.contains("cache.tenant_secret"), "{e}");
+        let c = load("[cache]\ntenant_secret = \"  0123456789abcdef  \"").unwrap();
+        assert_eq!(c.cache.tenant_secret.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn tenant_headers_take_a_list_or_a_comma_separated_string() {
+        let c = load("[cache]\ntenant_headers = [\"X-Team-Key\", \"x-user\"]").unwrap();
+        assert_eq!(c.cache.tenant_headers, vec!["x-team-key", "x-user"]);
+        let c = Config::load(Layers {
+            env: vec![("PREFIXCACHE_CACHE_TENANT_HEADERS".into(), "x-a, x-b".into())],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.cache.tenant_headers, vec!["x-a", "x-b"]);
+        let e = load("[cache]\ntenant_headers = [\"bad header\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.tenant_headers"), "{e}");
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        let u = Upstream::parse("https://user:s3cret@gw.internal:8443/openai?api-key=k#x").unwrap();
+        assert_eq!(u.redacted(), "https://***@gw.internal:8443/openai");
+        assert_eq!(redact_url("http://h/p"), "http://h/p");
+        assert_eq!(redact_url("redis://:pw@r:6379/0"), "redis://***@r:6379/0");
+        assert_eq!(redact_url("http://h/p?x=1"), "http://h/p");
     }
 }

@@ -1,9 +1,9 @@
-//! Cache keys (DESIGN.md §4): the canonical form of a request, the caller's namespace,
-//! and the BLAKE3 key and full request hash derived from them.
+//! Cache keys: the caller's namespace, and the BLAKE3 key and full request hash derived
+//! from the namespace, the request line (method, path, query) and the canonical body
+//! ([`crate::canonical`]).
 //!
-//! Canonical JSON drops the fields that cannot change the model's output, keeps every
-//! other field (unknown ones included: safe by default), sorts object keys and writes
-//! each number in one form, so `{"a":1.0,"b":2}` and `{"b":2,"a":1}` are one request.
+//! Also [`canonical_value`], an order-insensitive digest form of a parsed JSON value
+//! for fingerprints that are not keys (tool definitions, embedding inputs).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,27 +11,17 @@ use std::io::Write;
 
 use serde_json::{Map, Number, Value};
 
+use crate::canonical::CanonicalBody;
 use crate::config::KeyMode;
 use crate::route::Route;
 
 /// Bumped when the key derivation or canonical form changes, so old entries stop matching.
 /// 2: the exact-mode key is derived from the request hash instead of rehashing the body.
-pub const CACHE_VERSION: u32 = 2;
+/// 3: the canonical form is read from the raw bytes (member order kept outside fixed
+/// structs, exact numbers, `store` semantic), and method and query string are keyed.
+pub const CACHE_VERSION: u32 = 3;
 
-/// Top-level request fields that cannot change the model's output, dropped from the key.
-/// `stream`/`stream_options` change only the transport (a hit is rendered in either
-/// form); the rest are bookkeeping, routing or billing hints.
-pub const NON_SEMANTIC_FIELDS: [&str; 9] = [
-    "stream",
-    "stream_options",
-    "user",
-    "metadata",
-    "store",
-    "prompt_cache_key",
-    "prompt_cache_retention",
-    "safety_identifier",
-    "service_tier",
-];
+pub use crate::canonical::NON_SEMANTIC_FIELDS;
 
 macro_rules! hash_newtype {
     ($(#[$doc:meta])* $name:ident) => {
@@ -159,14 +149,16 @@ impl Namespace {
 pub struct KeyInput<'a> {
     pub namespace: &'a Namespace,
     pub strategy: &'a str,
+    /// The request method (`POST` on every cached route today).
+    pub method: &'a str,
     pub route: Route,
-    /// The parsed request body (a JSON object).
-    pub body: &'a Map<String, Value>,
+    /// The query string exactly as sent, without the `?`; empty when there is none.
+    pub query: &'a str,
+    /// The canonical request body (whitespace-normalized when the strategy says so).
+    pub body: &'a CanonicalBody,
     pub key_mode: KeyMode,
     /// Required for `KeyMode::Prefix`: the slot is the family.
     pub family: Option<&'a FamilyId>,
-    /// Canonicalize string values whitespace-normalized (strategy option).
-    pub normalize_whitespace: bool,
 }
 
 /// The key of the slot and the hash of the full request.
@@ -191,43 +183,49 @@ impl KeyError {
     }
 }
 
+/// Hashes a variable-length part with its length first, so no two different lists of
+/// parts hash alike.
+fn part(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
 /// Derives the cache key and the request hash.
 ///
-/// Request hash = BLAKE3(namespace ‖ path ‖ 0 ‖ canonical body), in its own derivation
-/// context. Key = BLAKE3(namespace ‖ strategy ‖ 0 ‖ version ‖ path ‖ 0 ‖ mode ‖ 0 ‖
-/// request hash or family), in another: the body is hashed once (it is most of the
-/// cost of a hit), and the key still depends on every byte of it through the request
-/// hash. The entry keeps the request hash, compared on every hit.
+/// Request hash = BLAKE3(namespace ‖ method ‖ path ‖ query ‖ canonical body), in its own
+/// derivation context. Key = BLAKE3(namespace ‖ strategy ‖ version ‖ method ‖ path ‖
+/// query ‖ mode ‖ request hash or family), in another: the body is hashed once (it is
+/// most of the cost of a hit), and the key still depends on every byte of it through
+/// the request hash. Variable-length parts are length-prefixed. The entry keeps the
+/// request hash, compared on every hit.
 pub fn compute_keys(input: &KeyInput<'_>) -> Result<Keys, KeyError> {
     let KeyInput {
         namespace,
         strategy,
+        method,
         route,
+        query,
         body,
         key_mode,
         family,
-        normalize_whitespace,
     } = *input;
 
-    let mut canonical = Vec::with_capacity(1024);
-    write_canonical_object(&mut canonical, body, true, normalize_whitespace);
-
-    let mut rh = blake3::Hasher::new_derive_key("prefixcache request hash v1");
+    let mut rh = blake3::Hasher::new_derive_key("prefixcache request hash v3");
     rh.update(namespace.as_bytes());
-    rh.update(route.path().as_bytes());
-    rh.update(&[0]);
-    rh.update(&canonical);
+    part(&mut rh, method.as_bytes());
+    part(&mut rh, route.path().as_bytes());
+    part(&mut rh, query.as_bytes());
+    body.hash_into(&mut rh);
     let request_hash = RequestHash(*rh.finalize().as_bytes());
 
-    let mut kh = blake3::Hasher::new_derive_key("prefixcache cache key v1");
+    let mut kh = blake3::Hasher::new_derive_key("prefixcache cache key v3");
     kh.update(namespace.as_bytes());
-    kh.update(strategy.as_bytes());
-    kh.update(&[0]);
+    part(&mut kh, strategy.as_bytes());
     kh.update(&CACHE_VERSION.to_le_bytes());
-    kh.update(route.path().as_bytes());
-    kh.update(&[0]);
-    kh.update(key_mode.as_str().as_bytes());
-    kh.update(&[0]);
+    part(&mut kh, method.as_bytes());
+    part(&mut kh, route.path().as_bytes());
+    part(&mut kh, query.as_bytes());
+    part(&mut kh, key_mode.as_str().as_bytes());
     match key_mode {
         KeyMode::Exact => {
             kh.update(request_hash.as_bytes());
@@ -243,63 +241,58 @@ pub fn compute_keys(input: &KeyInput<'_>) -> Result<Keys, KeyError> {
     })
 }
 
-/// The canonical bytes of a request body (the non-semantic fields dropped at top level).
-pub fn canonical_json(body: &Map<String, Value>, normalize_whitespace: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical_object(&mut out, body, true, normalize_whitespace);
-    out
-}
-
-/// Canonical JSON of any value (nothing dropped): sorted keys, one number form.
+/// An order-insensitive digest form of a parsed value: sorted keys, integral floats as
+/// integers. For fingerprints of parts of a prompt (tool definitions, embedding inputs),
+/// never for cache keys: a parsed `Value` has already lost member order and exact
+/// numbers, which the key keeps ([`crate::canonical`]).
 pub fn canonical_value(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
-    write_canonical(&mut out, value, false);
+    write_canonical(&mut out, value);
     out
 }
 
-fn write_canonical_object(
-    out: &mut Vec<u8>,
-    map: &Map<String, Value>,
-    top_level: bool,
-    normalize: bool,
-) {
-    let keep = |k: &String| !(top_level && NON_SEMANTIC_FIELDS.contains(&k.as_str()));
+/// [`canonical_value`] of a parsed request body without its [`NON_SEMANTIC_FIELDS`]:
+/// a digest that is equal for every two requests with equal keys (the mock upstream
+/// derives its generated content from it, so a stored answer and a fresh one agree).
+pub fn request_digest_form(body: &Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical_object(&mut out, body, &NON_SEMANTIC_FIELDS);
+    out
+}
+
+fn write_canonical_object(out: &mut Vec<u8>, map: &Map<String, Value>, skip: &[&str]) {
     out.push(b'{');
+    let keep = |(k, _): &(&String, &Value)| !skip.contains(&k.as_str());
     // serde_json's Map is a BTreeMap unless `preserve_order` is enabled somewhere in the
     // dependency graph, so its keys usually come sorted: write them as they are, and sort
-    // only when they do not, so the key never depends on a feature flag.
+    // only when they do not, so the digest never depends on a feature flag.
     if map.keys().is_sorted() {
-        write_members(out, map.iter().filter(|(k, _)| keep(k)), normalize);
+        write_members(out, map.iter().filter(keep));
     } else {
-        let mut entries: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| keep(k)).collect();
+        let mut entries: Vec<(&String, &Value)> = map.iter().filter(keep).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        write_members(out, entries.into_iter(), normalize);
+        write_members(out, entries.into_iter());
     }
     out.push(b'}');
 }
 
-fn write_members<'a>(
-    out: &mut Vec<u8>,
-    members: impl Iterator<Item = (&'a String, &'a Value)>,
-    normalize: bool,
-) {
+fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a String, &'a Value)>) {
     for (i, (k, v)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_string(out, k);
         out.push(b':');
-        write_canonical(out, v, normalize);
+        write_canonical(out, v);
     }
 }
 
-fn write_canonical(out: &mut Vec<u8>, value: &Value, normalize: bool) {
+fn write_canonical(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => write_number(out, n),
-        Value::String(s) if normalize => write_string(out, &normalize_whitespace(s)),
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             out.push(b'[');
@@ -307,11 +300,11 @@ fn write_canonical(out: &mut Vec<u8>, value: &Value, normalize: bool) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(out, item, normalize);
+                write_canonical(out, item);
             }
             out.push(b']');
         }
-        Value::Object(map) => write_canonical_object(out, map, false, normalize),
+        Value::Object(map) => write_canonical_object(out, map, &[]),
     }
 }
 
@@ -406,40 +399,49 @@ pub fn normalize_whitespace(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::canonicalize;
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
+    fn keys_raw(raw: &[u8], ns: &Namespace, strategy: &str, mode: KeyMode, query: &str) -> Keys {
+        let body = canonicalize(Route::ChatCompletions, raw, false).unwrap();
+        let fam = FamilyId([7; 32]);
+        compute_keys(&KeyInput {
+            namespace: ns,
+            strategy,
+            method: "POST",
+            route: Route::ChatCompletions,
+            query,
+            body: &body,
+            key_mode: mode,
+            family: Some(&fam),
+        })
+        .unwrap()
+    }
+
+    fn keys_with(v: Value, ns: &Namespace, strategy: &str, mode: KeyMode) -> Keys {
+        keys_raw(&serde_json::to_vec(&v).unwrap(), ns, strategy, mode, "")
     }
 
     fn keys_of(v: Value) -> Keys {
         keys_with(v, &Namespace::shared(), "default", KeyMode::Exact)
     }
 
-    fn keys_with(v: Value, ns: &Namespace, strategy: &str, mode: KeyMode) -> Keys {
-        let body = obj(v);
-        let fam = FamilyId([7; 32]);
-        compute_keys(&KeyInput {
-            namespace: ns,
-            strategy,
-            route: Route::ChatCompletions,
-            body: &body,
-            key_mode: mode,
-            family: Some(&fam),
-            normalize_whitespace: false,
-        })
-        .unwrap()
+    fn keys_of_text(s: &str) -> Keys {
+        keys_raw(
+            s.as_bytes(),
+            &Namespace::shared(),
+            "default",
+            KeyMode::Exact,
+            "",
+        )
     }
 
     #[test]
-    fn canonical_form_sorts_keys_and_unifies_numbers() {
-        let a = obj(json!({"b": 1.0, "a": [ {"y": -0.0, "x": 0.5} ], "stream": true, "user": "u"}));
+    fn digest_form_sorts_keys_and_unifies_numbers() {
+        let v = json!({"b": 1.0, "a": [ {"y": -0.0, "x": 0.5} ]});
         assert_eq!(
-            String::from_utf8(canonical_json(&a, false)).unwrap(),
+            String::from_utf8(canonical_value(&v)).unwrap(),
             r#"{"a":[{"x":5e-1,"y":0}],"b":1}"#
         );
     }
@@ -466,6 +468,7 @@ mod tests {
                 "tools",
                 json!([{"type": "function", "function": {"name": "f"}}]),
             ),
+            ("store", json!(true)),
             ("some_future_field", json!(true)),
         ] {
             let mut v = base.clone();
@@ -479,17 +482,35 @@ mod tests {
     }
 
     #[test]
-    fn namespace_strategy_and_route_separate_keys() {
-        let body = json!({"model": "m"});
+    fn request_line_and_namespace_separate_keys() {
+        let body = br#"{"model":"m"}"#;
         let s = TenantSecret::from_text("0123456789abcdef0123");
         let a = Namespace::for_credential(&s, &[b"Bearer sk-a"]);
         let b = Namespace::for_credential(&s, &[b"Bearer sk-b"]);
         assert_ne!(a, b);
-        let ka = keys_with(body.clone(), &a, "default", KeyMode::Exact);
-        assert_ne!(ka, keys_with(body.clone(), &b, "default", KeyMode::Exact));
+        let ka = keys_raw(body, &a, "default", KeyMode::Exact, "");
+        assert_ne!(ka, keys_raw(body, &b, "default", KeyMode::Exact, ""));
+        assert_ne!(ka.key, keys_raw(body, &a, "other", KeyMode::Exact, "").key);
+        let v1 = keys_raw(
+            body,
+            &a,
+            "default",
+            KeyMode::Exact,
+            "api-version=2024-02-01",
+        );
+        let v2 = keys_raw(
+            body,
+            &a,
+            "default",
+            KeyMode::Exact,
+            "api-version=2025-04-01-preview",
+        );
+        assert_ne!(v1, v2);
+        assert_ne!(v1, ka);
+        // in prefix mode too: different queries do not share a slot
         assert_ne!(
-            ka.key,
-            keys_with(body.clone(), &a, "other", KeyMode::Exact).key
+            keys_raw(body, &a, "d", KeyMode::Prefix, "x=1").key,
+            keys_raw(body, &a, "d", KeyMode::Prefix, "x=2").key
         );
         // credential parts are length-prefixed: ["ab", ""] != ["a", "b"]
         assert_ne!(
@@ -508,17 +529,35 @@ mod tests {
         let b = keys_with(json!({"m": 2}), &ns, "d", KeyMode::Prefix);
         assert_eq!(a.key, b.key);
         assert_ne!(a.request_hash, b.request_hash);
-        let body = obj(json!({}));
+        let body = canonicalize(Route::Completions, b"{}", false).unwrap();
         let err = compute_keys(&KeyInput {
             namespace: &ns,
             strategy: "d",
+            method: "POST",
             route: Route::Completions,
+            query: "",
             body: &body,
             key_mode: KeyMode::Prefix,
             family: None,
-            normalize_whitespace: false,
         });
         assert_eq!(err, Err(KeyError::MissingFamily));
+    }
+
+    #[test]
+    fn huge_integers_and_schema_order_are_kept() {
+        assert_ne!(
+            keys_of_text(r#"{"model":"m","seed":18446744073709551616}"#),
+            keys_of_text(r#"{"model":"m","seed":18446744073709551617}"#)
+        );
+        let schema = |props: &str| {
+            format!(
+                r#"{{"model":"m","response_format":{{"type":"json_schema","json_schema":{{"name":"s","schema":{{"type":"object","properties":{props}}}}}}}}}"#
+            )
+        };
+        assert_ne!(
+            keys_of_text(&schema(r#"{"a":{"type":"string"},"b":{"type":"string"}}"#)),
+            keys_of_text(&schema(r#"{"b":{"type":"string"},"a":{"type":"string"}}"#))
+        );
     }
 
     #[test]
@@ -540,21 +579,97 @@ mod tests {
         assert_eq!(CacheKey::from_hex("zz"), None);
     }
 
-    fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|i| json!(i)),
-            (-1e6f64..1e6).prop_map(|f| json!(f)),
-            "[a-z \n]{0,8}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 32, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+    /// A member of a generated request and how the API reads it.
+    #[derive(Debug, Clone)]
+    struct Gen {
+        /// Members of the fixed structs (top level, message, content part, tool wrapper).
+        model: String,
+        text: String,
+        temperature: f64,
+        /// Properties of a JSON schema (order kept), with their types.
+        props: Vec<(String, &'static str)>,
+    }
+
+    fn arb_request() -> impl Strategy<Value = Gen> {
+        (
+            "gpt-[a-z0-9]{1,4}",
+            "[a-zA-Z ]{0,16}",
+            0u32..200,
+            prop::collection::btree_map(
+                "[a-z]{1,5}",
+                prop::sample::select(vec!["string", "integer", "boolean"]),
+                2..6,
+            ),
+        )
+            .prop_map(|(model, text, t, props)| Gen {
+                model,
+                text,
+                temperature: f64::from(t) / 100.0,
+                props: props.into_iter().collect(),
+            })
+    }
+
+    /// Writes a request; `perm` picks the member order of every fixed struct, `swap`
+    /// reverses the schema's property order, `number` spells the temperature.
+    fn render(g: &Gen, perm: u64, swap: bool, number: &dyn Fn(f64) -> String) -> String {
+        fn obj(mut members: Vec<String>, perm: u64) -> String {
+            let mut p = perm;
+            for i in (1..members.len()).rev() {
+                p = p
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                members.swap(i, (p >> 33) as usize % (i + 1));
+            }
+            format!("{{{}}}", members.join(","))
+        }
+        let mut props: Vec<String> = g
+            .props
+            .iter()
+            .map(|(k, t)| format!(r#""{k}":{{"type":"{t}"}}"#))
+            .collect();
+        if swap {
+            props.reverse();
+        }
+        let schema = format!(
+            r#"{{"type":"object","properties":{{{}}}}}"#,
+            props.join(",")
+        );
+        let part = obj(
+            vec![
+                r#""type":"text""#.into(),
+                format!(r#""text":{}"#, serde_json::to_string(&g.text).unwrap()),
+            ],
+            perm ^ 1,
+        );
+        let message = obj(
+            vec![r#""role":"user""#.into(), format!(r#""content":[{part}]"#)],
+            perm ^ 2,
+        );
+        let function = obj(
+            vec![
+                r#""name":"f""#.into(),
+                r#""description":"d""#.into(),
+                format!(r#""parameters":{schema}"#),
+            ],
+            perm ^ 3,
+        );
+        let tool = obj(
+            vec![
+                r#""type":"function""#.into(),
+                format!(r#""function":{function}"#),
+            ],
+            perm ^ 4,
+        );
+        obj(
+            vec![
+                format!(r#""model":"{}""#, g.model),
+                format!(r#""temperature":{}"#, number(g.temperature)),
+                format!(r#""messages":[{message}]"#),
+                format!(r#""tools":[{tool}]"#),
+                r#""stream":false"#.into(),
+            ],
+            perm,
+        )
     }
 
     proptest! {
@@ -572,28 +687,34 @@ mod tests {
         }
 
         #[test]
-        fn canonicalization_is_idempotent(v in arb_json()) {
-            let once = canonical_value(&v);
-            let reparsed: Value = serde_json::from_slice(&once).unwrap();
-            prop_assert_eq!(canonical_value(&reparsed), once);
-        }
-
-        #[test]
-        fn key_order_does_not_matter(m in prop::collection::btree_map("[a-z]{1,6}", arb_json(), 0..8)) {
-            let forward: Map<String, Value> = m.clone().into_iter().collect();
-            // Re-insert in reverse order; with preserve_order this would change iteration order.
-            let mut reverse = Map::new();
-            for (k, v) in m.into_iter().rev() {
-                reverse.insert(k, v);
-            }
-            prop_assert_eq!(canonical_json(&forward, false), canonical_json(&reverse, false));
-        }
-
-        #[test]
-        fn integral_floats_equal_integers(i in -1_000_000i64..1_000_000) {
+        fn integral_floats_equal_integers_in_the_digest_form(i in -1_000_000i64..1_000_000) {
             let a = canonical_value(&json!({"t": i}));
             let b = canonical_value(&json!({"t": i as f64}));
             prop_assert_eq!(a, b);
+        }
+
+        /// The key's equality is the rules': reordered fixed-struct members collide;
+        /// reordered schema properties, other numbers or a duplicate key do not share.
+        #[test]
+        fn key_equality_follows_the_rules(g in arb_request(), p1 in any::<u64>(), p2 in any::<u64>(), delta in 1u32..100) {
+            let plain = |t: f64| format!("{t:?}");
+            let a = render(&g, p1, false, &plain);
+            let b = render(&g, p2, false, &plain);
+            prop_assert_eq!(keys_of_text(&a), keys_of_text(&b), "struct order must not matter:\n{}\n{}", a, b);
+            // an equal value spelled with an exponent
+            let exp = |t: f64| format!("{:e}", t);
+            prop_assert_eq!(keys_of_text(&a), keys_of_text(&render(&g, p2, false, &exp)));
+            // schema property order is the model's output order
+            let swapped = render(&g, p1, true, &plain);
+            prop_assert_ne!(keys_of_text(&a), keys_of_text(&swapped));
+            // another number
+            let other = render(&g, p1, false, &|t: f64| format!("{:?}", t + f64::from(delta) / 1000.0));
+            prop_assert_ne!(keys_of_text(&a), keys_of_text(&other));
+            // a duplicate key is reported (and the proxy never caches it)
+            let dup = a.replacen('{', r#"{"model":"x","#, 1);
+            let body = canonicalize(Route::ChatCompletions, dup.as_bytes(), false).unwrap();
+            prop_assert!(body.has_duplicate_keys());
+            prop_assert!(!canonicalize(Route::ChatCompletions, a.as_bytes(), false).unwrap().has_duplicate_keys());
         }
 
         #[test]

@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`route`]: the cached OpenAI routes and their paths.
 //! - [`config`]: `prefixcache.toml` (raw, validated), strategies and their matchers.
-//! - [`key`]: canonical request JSON, tenants, cache keys and request hashes.
+//! - [`rawjson`]: JSON text as written: validation, value spans, string decoding.
+//! - [`canonical`]: the canonical form of a request body (what a cache entry is keyed on).
+//! - [`key`]: tenants' namespaces, cache keys and request hashes.
 //! - [`tokenizer`]: tiktoken-exact encodings and the model-name table.
 //! - [`prefix`]: the prefix text of a request, prefix families and their memo.
 //! - [`boundary`]: where two prompts' tokens first diverge (`prefixcache diff`).
@@ -22,12 +24,14 @@
 //! - [`wire`]: request flags and upstream bodies, rendering entries as JSON or SSE, usage.
 
 pub mod boundary;
+pub mod canonical;
 pub mod config;
 pub mod key;
 pub mod lint;
 pub mod prefix;
 pub mod pricing;
 pub mod provider;
+pub mod rawjson;
 pub mod route;
 pub mod sse;
 pub mod tokenizer;

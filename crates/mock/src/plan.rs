@@ -42,10 +42,12 @@ impl Special {
 }
 
 /// The hash all generated content of one request derives from: the seed, the route and
-/// the body's canonical JSON (sorted keys, one number form) without the fields that
-/// cannot change what a model writes (`core::key::NON_SEMANTIC_FIELDS`: `stream`,
-/// `user`, `prompt_cache_key`, ...), so e.g. the streamed and the non-streamed form of
-/// one request carry the same content, as the proxy's cache key assumes.
+/// the body's digest form (`core::key::request_digest_form`: sorted keys, one number
+/// form, without the fields that cannot change what a model writes, `stream`, `user`,
+/// `prompt_cache_key`, ...), so e.g. the streamed and the non-streamed form of one
+/// request carry the same content, as the proxy's cache key assumes. (The digest is
+/// coarser than the key, which also keeps member order and number spelling: requests
+/// with different keys may get the same content, never the reverse.)
 /// Cache breakpoints and `prompt_cache_options` are left out too: they steer the
 /// provider's cache, not what the model writes.
 pub fn content_hash(seed: u64, route: &str, body: &Map<String, Value>) -> blake3::Hash {
@@ -60,7 +62,7 @@ pub fn content_hash(seed: u64, route: &str, body: &Map<String, Value>) -> blake3
     h.update(&seed.to_le_bytes());
     h.update(route.as_bytes());
     h.update(&[0]);
-    h.update(&prefixcache_core::key::canonical_json(body, false));
+    h.update(&prefixcache_core::key::request_digest_form(body));
     h.finalize()
 }
 

@@ -11,23 +11,23 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::KeyMode;
 use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys, hex};
 use prefixcache_core::prefix::{FamilyParams, derived_prompt_cache_key};
 use prefixcache_core::route::Route;
 use prefixcache_core::sse::{EventKind, SseSplitter, SseTail, StreamAssembler};
 use prefixcache_core::usage::Usage;
-use prefixcache_core::wire::{self, Injections};
+use prefixcache_core::wire::{self, Injections, ServerState};
 use prefixcache_store::{ContentForm, Entry, EntryMeta};
 use serde_json::{Map, Value};
 
 use crate::accounting::{Ending, Ledger, Source};
 use crate::error::ApiError;
 use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
-use crate::headers::{self, CacheDirectives, is_hop_by_hop};
-use crate::metrics::{CodeLabels, RouteStatusLabels, error_code_label, status_class};
+use crate::headers::{self, CacheDirectives, UpstreamCaching, end_to_end};
+use crate::metrics::{CodeLabels, ReasonLabels, RouteStatusLabels, error_code_label, status_class};
 use crate::state::AppState;
-use crate::tenant;
 use crate::upstream::UpstreamError;
 
 /// How a request was answered; the value of `x-prefixcache-status` and of the
@@ -36,7 +36,7 @@ use crate::upstream::UpstreamError;
 pub enum Outcome {
     Hit,
     Miss,
-    Bypass,
+    Bypass(BypassReason),
     Coalesced,
 }
 
@@ -45,7 +45,7 @@ impl Outcome {
         HeaderValue::from_static(match self {
             Outcome::Hit => "HIT",
             Outcome::Miss => "MISS",
-            Outcome::Bypass => "BYPASS",
+            Outcome::Bypass(_) => "BYPASS",
             Outcome::Coalesced => "COALESCED",
         })
     }
@@ -54,9 +54,42 @@ impl Outcome {
         match self {
             Outcome::Hit => "hit",
             Outcome::Miss => "miss",
-            Outcome::Bypass => "bypass",
+            Outcome::Bypass(_) => "bypass",
             Outcome::Coalesced => "coalesced",
         }
+    }
+}
+
+/// Why a request went upstream without a lookup: the value of `x-prefixcache-bypass`
+/// and of `bypass_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BypassReason {
+    /// The caller sent `Cache-Control: no-cache` (the fresh answer is still stored).
+    NoCache,
+    /// A sampled request under `cache_sampled = false`.
+    Sampled,
+    /// An object in the body has a key twice: parsers disagree on which one counts, so
+    /// the request is forwarded byte for byte and never cached.
+    DuplicateKeys,
+    /// The answer depends on state the provider holds (a conversation, a background
+    /// response, a stored prompt, a provider-run tool): never cached.
+    ServerState(ServerState),
+}
+
+impl BypassReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BypassReason::NoCache => "no_cache",
+            BypassReason::Sampled => "sampled",
+            BypassReason::DuplicateKeys => "duplicate_keys",
+            BypassReason::ServerState(s) => s.as_str(),
+        }
+    }
+
+    /// Whether the answer may still be stored (only a caller's `no-cache`: it asks for
+    /// a fresh answer, not for none to be kept).
+    fn stores(self) -> bool {
+        matches!(self, BypassReason::NoCache)
     }
 }
 
@@ -136,23 +169,24 @@ async fn handle_inner(
         })?;
     ctx.strategy = state.strategy_label(&strategy.name);
 
-    let namespace = tenant::namespace(
-        state.config.cache.tenant,
-        &state.tenant_secret,
-        &parts.headers,
-        state.fallback_authorization.as_deref(),
-    );
+    let caller = state.tenancy.caller(&parts.headers, parts.uri.query());
+    let namespace = caller.namespace;
     let family = state
         .families
         .family(route, &body, &FamilyParams::for_strategy(strategy, model));
+    // The key is read from the bytes the caller sent, not from the parsed tree: member
+    // order, exact numbers and duplicate keys are only visible there.
+    let canonical = canonicalize(route, &raw, strategy.normalize_whitespace)
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let keys = compute_keys(&KeyInput {
         namespace: &namespace,
         strategy: &strategy.name,
+        method: parts.method.as_str(),
         route,
-        body: &body,
+        query: parts.uri.query().unwrap_or(""),
+        body: &canonical,
         key_mode: strategy.key_mode,
         family: Some(&family.id),
-        normalize_whitespace: strategy.normalize_whitespace,
     })
     .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let family_id = Some(family.id);
@@ -160,8 +194,20 @@ async fn handle_inner(
 
     let ttl = strategy.effective_ttl(directives.ttl);
     let sampled_skip = flags.sampled && !strategy.cache_sampled;
-    let lookup = !directives.no_cache && !sampled_skip;
-    let store_allowed = !directives.no_store && !sampled_skip && !ttl.is_zero();
+    let bypass = if canonical.has_duplicate_keys() {
+        Some(BypassReason::DuplicateKeys)
+    } else if let Some(s) = flags.server_state {
+        Some(BypassReason::ServerState(s))
+    } else if sampled_skip {
+        Some(BypassReason::Sampled)
+    } else if directives.no_cache {
+        Some(BypassReason::NoCache)
+    } else {
+        None
+    };
+    let lookup = bypass.is_none();
+    let store_allowed =
+        bypass.is_none_or(BypassReason::stores) && !directives.no_store && !ttl.is_zero();
     let want = Want {
         stream: flags.stream && route.can_stream(),
         include_usage: flags.include_usage,
@@ -195,7 +241,7 @@ async fn handle_inner(
             ) {
                 Ok(rendered) => {
                     ctx.outcome = Some(Outcome::Hit);
-                    labels.warning = state.lint_request(strategy, &family, false);
+                    labels.warning = state.lint_request(strategy, &family, &namespace, false);
                     let age = state.now_ms().saturating_sub(entry.meta.created_at_ms) / 1000;
                     let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
                     set_cache_headers(resp.headers_mut(), Outcome::Hit, &labels);
@@ -226,7 +272,7 @@ async fn handle_inner(
         }
     }
 
-    labels.warning = state.lint_request(strategy, &family, true);
+    labels.warning = state.lint_request(strategy, &family, &namespace, true);
     let family = family_id;
     let prompt_cache_key = if flags.has_prompt_cache_key {
         // A caller's own key is never overwritten.
@@ -234,21 +280,30 @@ async fn handle_inner(
     } else {
         derived_prompt_cache_key(strategy.prompt_cache_key, route, &body, family.as_ref())
     };
-    let upstream_body = wire::prepare_upstream_body(
-        &raw,
-        &body,
-        route,
-        &Injections {
+    let injections = if bypass == Some(BypassReason::DuplicateKeys) {
+        // Which of two equal keys counts is the provider's reading; the bytes go as sent.
+        Injections::default()
+    } else {
+        Injections {
             include_usage: want.stream,
             prompt_cache_key: prompt_cache_key.as_deref(),
-        },
-    )
-    .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        }
+    };
+    let upstream_body = wire::prepare_upstream_body(&raw, route, &injections)
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     ledger.request = Some(Arc::new(body));
-    let outcome = if directives.no_cache || sampled_skip {
-        Outcome::Bypass
-    } else {
-        Outcome::Miss
+    let outcome = match bypass {
+        Some(reason) => {
+            state
+                .metrics
+                .bypassed
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .inc();
+            Outcome::Bypass(reason)
+        }
+        None => Outcome::Miss,
     };
     let plan = Arc::new(FlightPlan {
         route,
@@ -257,7 +312,9 @@ async fn handle_inner(
             .uri
             .path_and_query()
             .map_or(route.path().to_string(), |p| p.as_str().to_string()),
-        headers: state.upstream.forward_headers(&parts.headers, true),
+        headers: state
+            .upstream
+            .forward_headers(&parts.headers, route.path(), true),
         body: upstream_body,
         store: store_allowed.then(|| StorePlan {
             key: keys.key,
@@ -265,6 +322,7 @@ async fn handle_inner(
             strategy: strategy.name.clone(),
             family,
             namespace_tag: namespace_tag(&namespace),
+            own_namespace: caller.own,
             ttl,
         }),
         outcome,
@@ -282,7 +340,8 @@ async fn handle_inner(
                 return respond_live(flight, want, outcome, &labels).await;
             }
             Joined::Follower(flight) => {
-                if let Some(resp) = follow(state, &flight, route, want, &labels, &ledger).await {
+                let shared = follow(state, &flight, route, want, &labels, &ledger, caller.own);
+                if let Some(resp) = shared.await {
                     state.metrics.coalesced.inc();
                     ctx.outcome = Some(Outcome::Coalesced);
                     return Ok(resp);
@@ -353,6 +412,9 @@ struct Labels {
 
 fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
     h.insert(headers::STATUS, outcome.header());
+    if let Outcome::Bypass(reason) = outcome {
+        h.insert(headers::BYPASS, HeaderValue::from_static(reason.as_str()));
+    }
     if let Ok(v) = HeaderValue::from_str(&labels.key.short_hex()) {
         h.insert(headers::KEY, v);
     }
@@ -448,6 +510,8 @@ struct StorePlan {
     strategy: String,
     family: Option<FamilyId>,
     namespace_tag: [u8; 8],
+    /// The namespace is the caller's alone (`Cache-Control: private` may be stored).
+    own_namespace: bool,
     ttl: Duration,
 }
 
@@ -536,12 +600,8 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let mut head_headers = HeaderMap::with_capacity(resp.headers().len());
-    for (name, value) in resp.headers() {
-        if !is_hop_by_hop(name) {
-            head_headers.append(name.clone(), value.clone());
-        }
-    }
+    let head_headers = end_to_end(resp.headers(), |_| false);
+    let caching = UpstreamCaching::from_headers(resp.headers());
     flight.set_head(Head {
         status,
         headers: head_headers,
@@ -585,6 +645,7 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
                     .upstream_errors
                     .get_or_create(&CodeLabels { code: "cut_stream" })
                     .inc();
+                let e = e.without_url();
                 tracing::warn!(error = %crate::upstream::error_chain(&e), "upstream body cut");
                 cut = true;
                 break;
@@ -671,6 +732,14 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
         return;
     }
     if let Some(store) = &plan.store {
+        if let Some(reason) = caching.refusal(store.own_namespace) {
+            // The provider said not to keep (or share) this answer.
+            metrics
+                .store_skipped
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+            return;
+        }
         let now = state.now_ms();
         let entry = Entry {
             meta: EntryMeta {
@@ -829,7 +898,9 @@ fn coalesce(mut pieces: Vec<Bytes>) -> Vec<Bytes> {
 type OnFinish = Box<dyn FnOnce(&Flight) + Send>;
 
 /// A request identical to one in flight: answered from that flight. `None` when the
-/// flight failed before it could help, and the caller then calls upstream itself.
+/// flight failed before it could help, or its answer may not be shared with this caller
+/// (upstream `Cache-Control: no-store`, or `private` outside the caller's own
+/// namespace), and the caller then calls upstream itself.
 async fn follow(
     state: &AppState,
     flight: &Arc<Flight>,
@@ -837,6 +908,7 @@ async fn follow(
     want: Want,
     labels: &Labels,
     ledger: &Ledger,
+    own_namespace: bool,
 ) -> Option<Response> {
     let bound = state.upstream.timeout();
     // A follower is accounted as served from the cache once the shared response ends.
@@ -863,6 +935,12 @@ async fn follow(
         .ok()?
         .ok()?;
     if !head.status.is_success() {
+        return None;
+    }
+    if UpstreamCaching::from_headers(&head.headers)
+        .refusal(own_namespace)
+        .is_some()
+    {
         return None;
     }
     // Live only when the caller wants the form upstream is sending, and the body needs
@@ -903,7 +981,13 @@ mod tests {
     fn outcomes_have_contract_names() {
         assert_eq!(Outcome::Hit.header(), "HIT");
         assert_eq!(Outcome::Coalesced.header(), "COALESCED");
-        assert_eq!(Outcome::Bypass.as_str(), "bypass");
+        let bypass = Outcome::Bypass(BypassReason::DuplicateKeys);
+        assert_eq!(bypass.as_str(), "bypass");
+        assert_eq!(bypass.header(), "BYPASS");
+        assert_eq!(
+            BypassReason::ServerState(ServerState::Conversation).as_str(),
+            "conversation"
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub enum ApiError {
         header: &'static str,
         message: String,
     },
+    /// The request path would leave the upstream's base path (dot segments, encoded
+    /// separators).
+    #[error("{0}")]
+    BadPath(String),
     /// The body could not be read from the client.
     #[error("could not read the request body: {0}")]
     BodyRead(String),
@@ -40,9 +44,10 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::BadHeader { .. } | ApiError::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidJson(_)
+            | ApiError::BadHeader { .. }
+            | ApiError::BadPath(_)
+            | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -57,6 +62,7 @@ impl ApiError {
             ApiError::InvalidJson(_)
             | ApiError::BodyTooLarge { .. }
             | ApiError::BadHeader { .. }
+            | ApiError::BadPath(_)
             | ApiError::BodyRead(_) => "invalid_request_error",
             ApiError::AdminUnauthorized => "authentication_error",
             ApiError::UpstreamUnreachable(_)
@@ -79,6 +85,7 @@ impl ApiError {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BadHeader { .. } => "bad_header",
+            ApiError::BadPath(_) => "bad_path",
             ApiError::BodyRead(_) => "body_read",
             ApiError::UpstreamUnreachable(_) => "upstream_unreachable",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",

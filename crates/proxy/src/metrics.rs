@@ -72,6 +72,11 @@ pub struct CacheableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: &'static str,
 }
@@ -103,6 +108,8 @@ pub struct Metrics {
     pub lint_findings: Family<RuleLabels, Counter>,
     pub inflight_upstream: Gauge,
     pub provider_cacheable: Family<CacheableLabels, Counter>,
+    pub bypassed: Family<ReasonLabels, Counter>,
+    pub store_skipped: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -213,8 +220,22 @@ impl Metrics {
             "Forwarded requests by whether the provider's prompt cache can serve them (a static prefix of at least 1024 tokens)",
             provider_cacheable.clone(),
         );
+        let bypassed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "bypass",
+            "Requests forwarded without a lookup, by reason (no_cache, sampled, duplicate_keys, conversation, background, stored_prompt, provider_tool)",
+            bypassed.clone(),
+        );
+        let store_skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "store_skipped",
+            "Complete upstream answers not stored because upstream said so (upstream_no_store, upstream_private)",
+            store_skipped.clone(),
+        );
         Metrics {
             provider_cacheable,
+            bypassed,
+            store_skipped,
             registry,
             requests,
             request_duration,

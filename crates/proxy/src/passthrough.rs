@@ -1,5 +1,6 @@
-//! Every route that is not cached: forwarded unchanged (method, path, query, headers,
-//! body, status, streaming in both directions), never stored.
+//! Every route that is not cached: forwarded unchanged (method, path, query, end-to-end
+//! headers, body, status, streaming in both directions), never stored. A path that
+//! would leave the upstream's base path is refused first.
 
 use std::time::Instant;
 
@@ -7,10 +8,10 @@ use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::ApiError;
-use crate::headers::is_hop_by_hop;
+use crate::headers::end_to_end;
 use crate::metrics::{CodeLabels, error_code_label};
 use crate::state::AppState;
 
@@ -22,8 +23,13 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-    let headers = state.upstream.forward_headers(&parts.headers, false);
-    let body = upstream_body(body, &parts.headers, state.config.max_body_bytes).await;
+    let headers = state
+        .upstream
+        .forward_headers(&parts.headers, parts.uri.path(), false);
+    let body = match crate::upstream::check_path(parts.uri.path()) {
+        Ok(()) => upstream_body(body, &parts.headers, state.config.max_body_bytes).await,
+        Err(e) => Err(ApiError::BadPath(e.to_string())),
+    };
     let result = match body {
         Ok(body) => state
             .upstream
@@ -45,14 +51,14 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
                     })
                     .inc();
             }
-            let mut out = HeaderMap::with_capacity(resp.headers().len());
-            for (name, value) in resp.headers() {
-                if !is_hop_by_hop(name) || name == header::CONTENT_LENGTH {
-                    out.append(name.clone(), value.clone());
-                }
+            let mut out: HeaderMap = end_to_end(resp.headers(), |_| false);
+            // The body is passed through as it is, so its length still holds.
+            if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
+                out.insert(header::CONTENT_LENGTH, len.clone());
             }
             let idle = state.upstream.timeout();
-            let stream = resp.bytes_stream();
+            // Errors name the upstream URL unless told not to.
+            let stream = resp.bytes_stream().map_err(reqwest::Error::without_url);
             let body = Body::from_stream(idle_bounded(stream, idle));
             let mut r = Response::new(body);
             *r.status_mut() = status;

@@ -19,6 +19,7 @@ use crate::accounting::CacheableMemo;
 use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::reqlog::RequestLog;
+use crate::tenant::Tenancy;
 use crate::upstream::{UpstreamClient, UpstreamError};
 use crate::warnings::LintMemo;
 
@@ -32,9 +33,8 @@ pub struct Inner {
     pub config: Config,
     pub store: Arc<dyn CacheStore>,
     pub upstream: UpstreamClient,
-    pub tenant_secret: TenantSecret,
-    /// `Bearer <upstream_api_key>` as bytes, the namespace of callers without a key.
-    pub fallback_authorization: Option<Vec<u8>>,
+    /// How callers are told apart (namespaces).
+    pub tenancy: Tenancy,
     pub clock: Arc<dyn Clock>,
     pub flights: Flights,
     /// Memo of recent prefix windows: static system prompts recur constantly.
@@ -52,7 +52,8 @@ pub struct Inner {
     pub prices: PriceTable,
     /// Models without a price, each logged once (bounded).
     pub unpriced: Mutex<HashSet<String>>,
-    /// Detects prefixes that differ only in whitespace across requests of a strategy.
+    /// Detects prefixes that differ only in whitespace across requests of a strategy
+    /// within one namespace.
     pub drift: WhitespaceDrift,
     /// Dynamic-content findings per recent family.
     pub lint_memo: LintMemo,
@@ -102,6 +103,8 @@ pub enum StateError {
     Upstream(#[from] UpstreamError),
     #[error("pricing: {0}")]
     Pricing(String),
+    #[error("cache.tenant_headers: {0:?} is not a valid header name")]
+    TenantHeader(String),
     #[error("opening the request log {path}: {source}")]
     RequestLog {
         path: String,
@@ -145,11 +148,25 @@ impl AppState {
             .upstream_api_key
             .as_ref()
             .map(|k| format!("Bearer {k}").into_bytes());
+        let tenant_headers = config
+            .cache
+            .tenant_headers
+            .iter()
+            .map(|h| {
+                axum::http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| StateError::TenantHeader(h.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tenancy = Tenancy::new(
+            config.cache.tenant,
+            TenantSecret::from_text(tenant_secret),
+            fallback_authorization,
+            tenant_headers,
+        );
         Ok(AppState {
             inner: Arc::new(Inner {
                 upstream,
-                tenant_secret: TenantSecret::from_text(tenant_secret),
-                fallback_authorization,
+                tenancy,
                 store,
                 clock,
                 flights: Flights::default(),

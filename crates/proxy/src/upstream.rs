@@ -1,12 +1,14 @@
 //! The upstream client: one pooled reqwest client, the URL and header rules for
-//! forwarding a caller's request, and the timeouts that turn into 502/504.
+//! forwarding a caller's request (paths stay inside the configured base, connection
+//! headers stay behind, the proxy's own key goes only to API routes), and the timeouts
+//! that turn into 502/504. Errors never carry the upstream URL.
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use prefixcache_core::config::Config;
 
-use crate::headers::{is_hop_by_hop, is_proxy_directive};
+use crate::headers::{end_to_end, is_proxy_directive};
 
 /// Why an upstream call produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +39,7 @@ impl From<UpstreamError> for crate::error::ApiError {
 }
 
 /// Connection-pooled client for the configured upstream.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamClient {
     client: reqwest::Client,
     /// The base URL, parsed once: each request only sets path and query.
@@ -48,6 +50,19 @@ pub struct UpstreamClient {
     fallback_auth: Option<HeaderValue>,
     /// Time allowed until response headers, and between two body chunks.
     timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The base URL may hold a password: never printed whole.
+        f.debug_struct("UpstreamClient")
+            .field(
+                "base",
+                &prefixcache_core::config::redact_url(self.base.as_str()),
+            )
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamClient {
@@ -110,22 +125,23 @@ impl UpstreamClient {
         url
     }
 
-    /// The caller's headers as they go upstream: hop-by-hop headers and the proxy's own
-    /// directives removed, the caller's credentials untouched, the proxy's key added when
-    /// the caller sent none. `identity_encoding` asks upstream for an uncompressed body,
+    /// The caller's headers as they go upstream: hop-by-hop headers, the headers its
+    /// `Connection` header names and the proxy's own directives removed, the caller's
+    /// credentials untouched. The proxy's key is added when the caller sent none, and
+    /// only for a `path` of the API ([`is_api_path`]): it never goes to another path of
+    /// the upstream host. `identity_encoding` asks upstream for an uncompressed body,
     /// which the proxy must parse on cached routes.
-    pub fn forward_headers(&self, incoming: &HeaderMap, identity_encoding: bool) -> HeaderMap {
-        let mut out = HeaderMap::with_capacity(incoming.len() + 1);
-        for (name, value) in incoming {
-            if is_hop_by_hop(name) || is_proxy_directive(name) {
-                continue;
-            }
-            if identity_encoding && name == header::ACCEPT_ENCODING {
-                continue;
-            }
-            out.append(name.clone(), value.clone());
-        }
+    pub fn forward_headers(
+        &self,
+        incoming: &HeaderMap,
+        path: &str,
+        identity_encoding: bool,
+    ) -> HeaderMap {
+        let mut out = end_to_end(incoming, |name| {
+            is_proxy_directive(name) || (identity_encoding && name == header::ACCEPT_ENCODING)
+        });
         if !out.contains_key(header::AUTHORIZATION)
+            && is_api_path(path)
             && let Some(auth) = &self.fallback_auth
         {
             out.insert(header::AUTHORIZATION, auth.clone());
@@ -149,10 +165,44 @@ impl UpstreamClient {
         match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e.without_url()))),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
+}
+
+/// The paths of the API the proxy fronts (`/v1/...`): the only ones that get the
+/// proxy's fallback key.
+pub fn is_api_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Why a request path is refused before anything is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request path has a '.' or '..' segment (also percent-encoded)")]
+    DotSegment,
+    #[error("the request path has an encoded '/' or '\\', or a '\\'")]
+    EncodedSeparator,
+}
+
+/// Checks that a path, joined to the upstream base, stays inside it: no `.` or `..`
+/// segment (also as `%2e`), no encoded `/` or `\` and no `\` (which some servers read
+/// as separators after decoding). The URL library would resolve dot segments against
+/// the base path and climb out of it; refusing them is simpler than resolving them, and
+/// no client of an HTTP API sends them.
+pub fn check_path(path: &str) -> Result<(), PathError> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Err(PathError::EncodedSeparator);
+    }
+    for segment in lower.split('/') {
+        let decoded = segment.replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err(PathError::DotSegment);
+        }
+    }
+    Ok(())
 }
 
 /// An error and its causes on one line ("error sending request: connection refused").
@@ -221,7 +271,7 @@ mod tests {
         h.insert("x-prefixcache-ttl", HeaderValue::from_static("5"));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        let out = c.forward_headers(&h, true);
+        let out = c.forward_headers(&h, "/v1/chat/completions", true);
         assert_eq!(out[header::AUTHORIZATION], "Bearer sk-caller");
         assert_eq!(out["openai-project"], "proj_1");
         for gone in [
@@ -233,10 +283,43 @@ mod tests {
             assert!(!out.contains_key(gone), "{gone} must not be forwarded");
         }
         assert!(
-            c.forward_headers(&h, false)
+            c.forward_headers(&h, "/v1/models", false)
                 .contains_key(header::ACCEPT_ENCODING)
         );
-        let out = c.forward_headers(&HeaderMap::new(), true);
+        let out = c.forward_headers(&HeaderMap::new(), "/v1/models", true);
         assert_eq!(out[header::AUTHORIZATION], "Bearer sk-proxy");
+        for outside in ["/", "/healthz", "/v2/models", "/v1x", "/admin/v1/"] {
+            let out = c.forward_headers(&HeaderMap::new(), outside, true);
+            assert!(
+                !out.contains_key(header::AUTHORIZATION),
+                "the proxy's key must not go to {outside}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_stay_inside_the_base() {
+        for bad in [
+            "/v1/../../x",
+            "/v1/%2e%2e/x",
+            "/v1/%2E%2e/x",
+            "/v1/.%2e/x",
+            "/v1/./models",
+            "/v1/..",
+            "/v1/a%2f..%2fb",
+            "/v1/a%5cb",
+            "/v1/a\\..\\b",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/v1/models",
+            "/v1/files/file-1.jsonl",
+            "/v1/a..b",
+            "/v1/...",
+            "/",
+        ] {
+            assert_eq!(check_path(good), Ok(()), "{good}");
+        }
     }
 }

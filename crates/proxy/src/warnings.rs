@@ -1,13 +1,14 @@
 //! Live prefix warnings: each request's prefix window checked for content that cannot
-//! repeat and for whitespace drift against earlier requests of its strategy, reported
-//! in `x-prefixcache-warning`, `lint_findings_total{rule}` and a rate-limited log line.
+//! repeat and for whitespace drift against earlier requests of its strategy *from the
+//! same namespace*, reported in `x-prefixcache-warning`, `lint_findings_total{rule}` and
+//! a rate-limited log line. Nothing a caller is told depends on another tenant's traffic.
 
 use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use prefixcache_core::config::Strategy;
-use prefixcache_core::key::FamilyId;
-use prefixcache_core::lint::{self, Finding, Severity};
+use prefixcache_core::key::{FamilyId, Namespace};
+use prefixcache_core::lint::{self, DriftScope, Finding, Severity};
 use prefixcache_core::prefix::Family;
 
 use crate::memo::Memo;
@@ -21,26 +22,35 @@ const LOG_EVERY_MS: u64 = 10_000;
 pub const MEMO_FAMILIES: usize = 4096;
 
 /// The dynamic-content findings of recent families. They depend only on the family's
-/// window, which recurs on every hit of a template, so each is computed once.
-pub type LintMemo = Memo<FamilyId, Arc<[Finding]>>;
+/// window, which recurs on every hit of a template, so each is computed once per
+/// namespace: keyed by namespace too, so whether a finding was memoized (which shows
+/// in latency) never depends on another tenant's requests.
+pub type LintMemo = Memo<(Namespace, FamilyId), Arc<[Finding]>>;
 
 impl AppState {
     /// Checks one request's family window; returns the warning header value, if any.
-    /// Dynamic content is looked up per family (see [`LintMemo`]). Whitespace drift is
-    /// observed only when `observe_drift`: the proxy skips it on hits, which repeat a
-    /// window already observed when they first missed.
+    /// Dynamic content is looked up per namespace and family (see [`LintMemo`]).
+    /// Whitespace drift compares the window only with earlier requests of the strategy
+    /// in the caller's `namespace` (with `cache.tenant = "shared"` that is everyone's),
+    /// and only when `observe_drift`: the proxy skips it on hits, which repeat a window
+    /// already observed when they first missed.
     pub fn lint_request(
         &self,
         strategy: &Strategy,
         family: &Family,
+        namespace: &Namespace,
         observe_drift: bool,
     ) -> Option<HeaderValue> {
-        let dynamic = self
-            .lint_memo
-            .get_or_compute(family.id, || lint::dynamic_prefix(family).into());
+        let dynamic = self.lint_memo.get_or_compute((*namespace, family.id), || {
+            lint::dynamic_prefix(family).into()
+        });
         // With normalize_whitespace the family ignores whitespace, so drift costs no hits.
         let drift = if observe_drift && !strategy.normalize_whitespace {
-            self.drift.observe(&strategy.name, family)
+            let scope = DriftScope {
+                tenant: namespace.as_bytes(),
+                strategy: &strategy.name,
+            };
+            self.drift.observe(scope, family)
         } else {
             None
         };

@@ -29,7 +29,8 @@ async fn key_order_and_json_whitespace_do_not_matter() {
     let h = Harness::start(Setup::default()).await;
     let compact =
         r#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"order"}]}"#;
-    let shuffled = "{ \"messages\" : [ {\"content\":\"order\", \"role\":\"user\"} ],\n  \"temperature\": 0.0, \"model\": \"gpt-4o-mini\" }";
+    // (`0`, not `0.0`: an integer and a float are different inputs, docs/security.md.)
+    let shuffled = "{ \"messages\" : [ {\"content\":\"order\", \"role\":\"user\"} ],\n  \"temperature\": 0, \"model\": \"gpt-4o-mini\" }";
     let send = |raw: &'static str| {
         h.post("/v1/chat/completions")
             .header("content-type", "application/json")

@@ -6,9 +6,10 @@
 //! per strategy: hit rate, requests and tokens saved, dollars spent and saved under the
 //! pricing table, and the provider's cached-token share under each policy.
 //!
-//! Exact keys are the proxy's (`core::key::compute_keys` with the logged tenant,
-//! strategy and route), so `exact` hits agree with what the proxy did on the same
-//! traffic; so are the derived `prompt_cache_key`s
+//! Exact keys are the proxy's (`core::key::compute_keys` over the logged request bytes,
+//! with the logged tenant, strategy and route; the log keeps no query string, so none
+//! is keyed), so `exact` hits agree with what the proxy did on the same traffic; so
+//! are the derived `prompt_cache_key`s
 //! (`core::prefix::derived_prompt_cache_key`). Definitions and the `--json` schema:
 //! `docs/analysis.md`.
 
@@ -21,6 +22,7 @@ use std::hash::Hasher;
 use std::path::Path;
 use std::sync::Arc;
 
+use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::{KeyMode, PromptCacheKeyMode};
 use prefixcache_core::key::{CacheKey, KeyInput, Namespace, RequestHash, compute_keys};
 use prefixcache_core::prefix::{FamilyMemo, FamilyParams, derived_prompt_cache_key, prefix_text};
@@ -37,7 +39,9 @@ use serde_json::Value;
 
 use crate::analyze::ratio;
 use crate::error::AnalysisError;
-use crate::input::{BadLines, LogInput, LoggedStatus, TenantId, format_ts, parse_line};
+use crate::input::{
+    BadLines, LogInput, LoggedStatus, TenantId, format_ts, parse_line, request_bytes,
+};
 use crate::parallel::map_lines;
 use crate::progress::Progress;
 use crate::traffic::{Traffic, namespace_of};
@@ -90,7 +94,8 @@ struct Req {
     hash: u128,
     /// Slot keys for each distinct `prefix:N` granularity, in [`Plan::grains`] order.
     slots: Box<[u128]>,
-    /// Looked up at all (not a logged bypass, not sampled under `cache_sampled = false`).
+    /// Looked up at all (not a logged bypass, not sampled under `cache_sampled = false`,
+    /// no duplicate key, not bound to server-side state).
     lookup: bool,
     /// Its response would be stored (a success, not sampled-and-skipped).
     storable: bool,
@@ -198,14 +203,18 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
         .namespaces
         .entry(rec.tenant)
         .or_insert_with(|| namespace_of(rec.tenant));
+    let raw = request_bytes(line).ok_or_else(|| "request is not a JSON object".to_string())?;
+    let canonical =
+        canonicalize(route, raw, strategy.normalize_whitespace).map_err(|e| e.to_string())?;
     let exact = KeyInput {
         namespace: &ns,
         strategy: &group,
+        method: "POST",
         route,
-        body,
+        query: "",
+        body: &canonical,
         key_mode: KeyMode::Exact,
         family: None,
-        normalize_whitespace: strategy.normalize_whitespace,
     };
     let keys = compute_keys(&exact).map_err(|e| e.to_string())?;
     let base = traffic.family_params(strategy, &model);
@@ -228,7 +237,11 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
         slots.push(key_u128(&k.key));
     }
     let flags = request_flags(route, body);
-    let sampled_skip = flags.sampled && !strategy.cache_sampled;
+    // As the proxy: sampled under `cache_sampled = false`, a duplicate key, or an answer
+    // bound to server-side state is never looked up nor stored.
+    let sampled_skip = (flags.sampled && !strategy.cache_sampled)
+        || canonical.has_duplicate_keys()
+        || flags.server_state.is_some();
 
     let mut prompts = Vec::new();
     let mut prompt_len = 0u64;

@@ -157,7 +157,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_guard(opened.guard.clone());
     tracing::info!(
         addr = %addr,
-        upstream = config.upstream.as_str(),
+        // Without user information or query: either may carry a credential.
+        upstream = %config.upstream.redacted(),
         store = config.store.kind.as_str(),
         data_dir = %config.store.data_dir.display(),
         "prefixcache listening"

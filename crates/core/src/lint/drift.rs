@@ -69,10 +69,30 @@ impl Slot {
     }
 }
 
+/// Whose requests a window is compared with: one strategy's, within one tenant. A
+/// finding tells a caller that *another* request had the same words, so the proxy
+/// scopes it to the caller's own namespace: across tenants it would be an oracle on
+/// other tenants' prompts. A bare `&str` is a strategy with no tenant (offline tools,
+/// which read one log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftScope<'a> {
+    pub tenant: &'a [u8],
+    pub strategy: &'a str,
+}
+
+impl<'a> From<&'a str> for DriftScope<'a> {
+    fn from(strategy: &'a str) -> DriftScope<'a> {
+        DriftScope {
+            tenant: b"",
+            strategy,
+        }
+    }
+}
+
 /// The whitespace-drift detector. Cheap to share (`&self` methods, one mutex per shard).
 ///
 /// ```
-/// use prefixcache_core::lint::WhitespaceDrift;
+/// use prefixcache_core::lint::{DriftScope, WhitespaceDrift};
 ///
 /// let drift = WhitespaceDrift::new(1024);
 /// let a = "You are a helpful assistant.\nSummarize the text below in three sentences.\n";
@@ -83,6 +103,9 @@ impl Slot {
 /// assert_eq!(f.kind, "whitespace");
 /// assert_eq!(&b[f.span.clone()], "\n\n\n");
 /// assert!(drift.observe_text("other-strategy", b).is_none());
+/// // Another tenant's requests are never compared with these.
+/// let other = DriftScope { tenant: b"tenant-b", strategy: "docs" };
+/// assert!(drift.observe_text(other, b).is_none());
 /// ```
 pub struct WhitespaceDrift {
     shards: Box<[Mutex<Vec<Slot>>]>,
@@ -163,14 +186,18 @@ impl WhitespaceDrift {
     /// this request's form is the less common one. Token spans are into `family.tokens`.
     /// (A strategy with `normalize_whitespace = true` has normalized windows: nothing to
     /// find, and the proxy need not call this.)
-    pub fn observe(&self, strategy: &str, family: &Family) -> Option<Finding> {
+    pub fn observe<'a>(
+        &self,
+        scope: impl Into<DriftScope<'a>>,
+        family: &Family,
+    ) -> Option<Finding> {
         // The last token may end inside a character: stop before that character.
         let mut end = family.prefix_bytes.min(family.text.len());
         while !family.text.is_char_boundary(end) {
             end -= 1;
         }
         let text = &family.text[..end];
-        let mut f = self.observe_text(strategy, text)?;
+        let mut f = self.observe_text(scope, text)?;
         f.token_span =
             TokenOffsets::new(family.encoding, &family.tokens).token_span(f.span.clone());
         f.message = format!(
@@ -181,7 +208,12 @@ impl WhitespaceDrift {
     }
 
     /// [`WhitespaceDrift::observe`] for a plain text (token span `0..0`).
-    pub fn observe_text(&self, strategy: &str, text: &str) -> Option<Finding> {
+    pub fn observe_text<'a>(
+        &self,
+        scope: impl Into<DriftScope<'a>>,
+        text: &str,
+    ) -> Option<Finding> {
+        let scope = scope.into();
         let w = words(text);
         // Drop the last word: the window may have cut it.
         let n = w.spans.len().saturating_sub(1).min(MAX_WORDS);
@@ -191,7 +223,7 @@ impl WhitespaceDrift {
         let top = BUCKETS.iter().rposition(|&b| b <= n)?;
         let mut found = None;
         for &bucket in BUCKETS[top.saturating_sub(1)..=top].iter().rev() {
-            if let Some(f) = self.record(strategy, text, &w, bucket)
+            if let Some(f) = self.record(scope, text, &w, bucket)
                 && found.is_none()
             {
                 found = Some(f);
@@ -200,10 +232,19 @@ impl WhitespaceDrift {
         found
     }
 
-    fn record(&self, strategy: &str, text: &str, w: &Words, bucket: usize) -> Option<Finding> {
+    fn record(
+        &self,
+        scope: DriftScope<'_>,
+        text: &str,
+        w: &Words,
+        bucket: usize,
+    ) -> Option<Finding> {
+        let strategy = scope.strategy;
         let spans = &w.spans[..bucket];
         let bytes = text.as_bytes();
         let mut kh = rustc_hash::FxHasher::default();
+        kh.write_usize(scope.tenant.len());
+        kh.write(scope.tenant);
         kh.write(strategy.as_bytes());
         kh.write_u8(0xff);
         kh.write_usize(bucket);
@@ -344,6 +385,31 @@ mod tests {
 
     const SYSTEM: &str = "You are a document analyzer. Analyze the following contract and \
         extract: 1. Key entities 2. Main topics 3. Sentiment score (-1 to 1). Answer in JSON.";
+
+    #[test]
+    fn tenants_are_never_compared() {
+        let d = WhitespaceDrift::new(1024);
+        let a = DriftScope {
+            tenant: b"tenant-a",
+            strategy: "s",
+        };
+        let b = DriftScope {
+            tenant: b"tenant-b",
+            strategy: "s",
+        };
+        for _ in 0..3 {
+            assert!(d.observe_text(a, SYSTEM).is_none());
+        }
+        let variant = SYSTEM.replace(". ", ".  ");
+        assert!(
+            d.observe_text(b, &variant).is_none(),
+            "tenant b learns nothing of tenant a's prompt"
+        );
+        assert!(
+            d.observe_text(a, &variant).is_some(),
+            "tenant a's own drift is found"
+        );
+    }
 
     #[test]
     fn equal_text_is_not_drift() {

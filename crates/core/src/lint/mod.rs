@@ -43,7 +43,7 @@ mod tools;
 use std::fmt::Write as _;
 use std::ops::Range;
 
-pub use drift::{DEFAULT_DRIFT_SLOTS, WhitespaceDrift};
+pub use drift::{DEFAULT_DRIFT_SLOTS, DriftScope, WhitespaceDrift};
 pub use dynamic::{dynamic_in_text, dynamic_prefix};
 pub use template::{PROVIDER_MIN_CACHEABLE_TOKENS, Placeholder, placeholders, template_findings};
 pub use tools::unstable_tools;

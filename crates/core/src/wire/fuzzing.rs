@@ -5,9 +5,12 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{Injections, json_to_sse, prepare_upstream_body, request_flags};
+use super::{
+    Injections, apply_splices, json_to_sse, plan_splices, prepare_upstream_body, request_flags,
+};
+use crate::canonical::canonicalize;
 use crate::config::KeyMode;
-use crate::key::{FamilyId, KeyInput, Namespace, canonical_json, compute_keys};
+use crate::key::{FamilyId, KeyInput, Namespace, compute_keys};
 use crate::route::Route;
 use crate::sse::{SseEvent, SseSplitter, SseTail, StreamAssembler};
 
@@ -101,59 +104,198 @@ pub fn sse_assemble(data: &[u8]) {
     }
 }
 
-/// Request bodies: a body that parses as an object gets a deterministic key that does
-/// not depend on its formatting, and the bytes prepared for upstream parse to the same
-/// request (same canonical form) with the injected fields added.
-pub fn request_body(data: &[u8]) {
-    let Ok(body) = serde_json::from_slice::<Map<String, Value>>(data) else {
+/// Whether some object in `data` (valid JSON) has a key twice, decided by serde (an
+/// oracle independent of [`crate::rawjson`]).
+fn serde_sees_duplicates(data: &[u8]) -> bool {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Dup(bool);
+    impl<'de> Deserialize<'de> for Dup {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dup, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Dup;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("any JSON")
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Dup, E> {
+                    Ok(Dup(false))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Dup, E> {
+                    Ok(Dup(false))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Dup, E> {
+                    Ok(Dup(false))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Dup, E> {
+                    Ok(Dup(false))
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Dup, E> {
+                    Ok(Dup(false))
+                }
+                fn visit_unit<E>(self) -> Result<Dup, E> {
+                    Ok(Dup(false))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Dup, A::Error> {
+                    let mut dup = false;
+                    while let Some(Dup(d)) = a.next_element()? {
+                        dup |= d;
+                    }
+                    Ok(Dup(dup))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Dup, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut dup = false;
+                    while let Some(k) = a.next_key::<String>()? {
+                        dup |= !seen.insert(k);
+                        let Dup(d) = a.next_value()?;
+                        dup |= d;
+                    }
+                    Ok(Dup(dup))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    serde_json::from_slice::<Dup>(data).is_ok_and(|d| d.0)
+}
+
+/// The canonical form and the key: the raw reader accepts exactly what serde_json
+/// accepts; for an object body, canonicalization is idempotent, means the same request
+/// (equal to serde's reading, non-semantic fields aside), finds duplicate keys exactly
+/// when serde sees them, and gives a deterministic key on every route.
+pub fn canonical_key(data: &[u8]) {
+    let parsed = serde_json::from_slice::<Value>(data);
+    assert_eq!(
+        crate::rawjson::document(data).is_ok(),
+        parsed.is_ok(),
+        "raw reader and serde_json disagree on validity"
+    );
+    let Ok(Value::Object(mut body)) = parsed else {
+        for route in Route::ALL {
+            assert!(canonicalize(route, data, false).is_err());
+        }
         return;
     };
+    let duplicates = serde_sees_duplicates(data);
+    for name in crate::canonical::NON_SEMANTIC_FIELDS {
+        body.remove(name);
+    }
     let ns = Namespace::shared();
     let family = FamilyId([1; 32]);
     for route in Route::ALL {
-        let flags = request_flags(route, &body);
-        assert!(!flags.stream || route.can_stream());
-        let keys = |b: &Map<String, Value>, mode: KeyMode| {
-            compute_keys(&KeyInput {
-                namespace: &ns,
-                strategy: "fuzz",
-                route,
-                body: b,
-                key_mode: mode,
-                family: Some(&family),
-                normalize_whitespace: false,
-            })
-        };
-        let k1 = keys(&body, KeyMode::Exact);
-        assert_eq!(k1.as_ref().ok(), keys(&body, KeyMode::Exact).as_ref().ok());
-        // re-serialized (other whitespace, maybe other key order): the same key
-        if let Ok(re) = serde_json::to_vec(&body)
-            && let Ok(reparsed) = serde_json::from_slice::<Map<String, Value>>(&re)
-        {
+        for normalize in [false, true] {
+            let canon = match canonicalize(route, data, normalize) {
+                Ok(c) => c,
+                Err(e) => panic!("a body serde_json parsed has no canonical form: {e}"),
+            };
             assert_eq!(
-                k1.as_ref().ok(),
-                keys(&reparsed, KeyMode::Exact).as_ref().ok()
+                canon.has_duplicate_keys(),
+                duplicates,
+                "duplicate detection"
             );
+            let bytes = canon.to_vec();
+            let again = match canonicalize(route, &bytes, normalize) {
+                Ok(c) => c.to_vec(),
+                Err(e) => panic!("canonical form does not re-read ({e}): {bytes:?}"),
+            };
+            assert_eq!(bytes, again, "canonicalization must be idempotent");
+            if !normalize {
+                let reread: Value = match serde_json::from_slice(&bytes) {
+                    Ok(v) => v,
+                    Err(e) => panic!("canonical form is not JSON ({e}): {bytes:?}"),
+                };
+                assert_eq!(
+                    reread,
+                    Value::Object(body.clone()),
+                    "canonical form changed the request"
+                );
+            }
+            let keys = |mode: KeyMode| {
+                compute_keys(&KeyInput {
+                    namespace: &ns,
+                    strategy: "fuzz",
+                    method: "POST",
+                    route,
+                    query: "",
+                    body: &canon,
+                    key_mode: mode,
+                    family: Some(&family),
+                })
+            };
+            assert_eq!(keys(KeyMode::Exact).ok(), keys(KeyMode::Exact).ok());
+            assert!(keys(KeyMode::Prefix).is_ok());
         }
-        let _ = keys(&body, KeyMode::Prefix);
+    }
+}
 
-        let original = Bytes::copy_from_slice(data);
+/// The request splicer: for a body without duplicate keys, the bytes prepared for
+/// upstream are the caller's with only the documented splices (insertions right after a
+/// `{`, replacements of exactly one value), they mean the same request (same canonical
+/// form: both fields are non-semantic), and they carry the injected fields.
+pub fn request_splice(data: &[u8]) {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Ok(canon_in) = canonicalize(Route::ChatCompletions, data, false) else {
+        panic!("a body serde_json parsed has no canonical form");
+    };
+    let original = Bytes::copy_from_slice(data);
+    for route in Route::ALL {
+        let flags = request_flags(route, &body);
         let inject = Injections {
             include_usage: true,
             prompt_cache_key: Some("fuzz-key"),
         };
-        let prepared = match prepare_upstream_body(&original, &body, route, &inject) {
-            Ok(p) => p,
-            Err(e) => panic!("prepare failed on a parsed body: {e}"),
+        let splices = match plan_splices(data, route, &inject) {
+            Ok(s) => s,
+            Err(e) => panic!("splicing failed on a parsed body: {e}"),
         };
+        for (i, s) in splices.iter().enumerate() {
+            if s.at.is_empty() {
+                let before = data[..s.at.start]
+                    .iter()
+                    .rev()
+                    .find(|b| !b.is_ascii_whitespace());
+                assert_eq!(
+                    data.get(s.at.start.wrapping_sub(1)),
+                    Some(&b'{'),
+                    "insertion not right after a brace"
+                );
+                assert_eq!(before, Some(&b'{'));
+            } else {
+                assert!(
+                    crate::rawjson::document(&data[s.at.clone()]).is_ok(),
+                    "a replacement must cover exactly one value"
+                );
+            }
+            if let Some(next) = splices.get(i + 1) {
+                assert!(
+                    s.at.end <= next.at.start,
+                    "splices overlap or are out of order"
+                );
+            }
+        }
+        let prepared = apply_splices(&original, &splices);
+        assert_eq!(
+            prepared,
+            prepare_upstream_body(&original, route, &inject).unwrap_or_default()
+        );
         let sent: Map<String, Value> = match serde_json::from_slice(&prepared) {
             Ok(m) => m,
             Err(e) => panic!("prepared body is not a JSON object ({e}): {prepared:?}"),
         };
+        if canon_in.has_duplicate_keys() {
+            continue;
+        }
+        let canon_out = match canonicalize(Route::ChatCompletions, &prepared, false) {
+            Ok(c) => c,
+            Err(e) => panic!("prepared body has no canonical form: {e}"),
+        };
+        assert!(!canon_out.has_duplicate_keys(), "a splice duplicated a key");
         assert_eq!(
-            canonical_json(&body, false),
-            canonical_json(&sent, false),
-            "injection must not change the request's meaning"
+            canon_in.to_vec(),
+            canon_out.to_vec(),
+            "splicing must not change the request's meaning"
         );
         let after = request_flags(route, &sent);
         if flags.has_prompt_cache_key {
@@ -161,7 +303,14 @@ pub fn request_body(data: &[u8]) {
         } else if matches!(route, Route::ChatCompletions | Route::Responses) {
             assert_eq!(sent.get("prompt_cache_key"), Some(&Value::from("fuzz-key")));
         }
-        if flags.stream && matches!(route, Route::ChatCompletions | Route::Completions) {
+        let options_usable = matches!(
+            body.get("stream_options"),
+            None | Some(Value::Null | Value::Object(_))
+        );
+        if flags.stream
+            && options_usable
+            && matches!(route, Route::ChatCompletions | Route::Completions)
+        {
             assert!(
                 after.include_usage,
                 "include_usage must be on after injection"
@@ -225,8 +374,19 @@ mod tests {
         }
 
         #[test]
-        fn request_invariants_hold(body in arb_body()) {
-            request_body(&body);
+        fn canonical_invariants_hold(body in arb_body()) {
+            canonical_key(&body);
+        }
+
+        #[test]
+        fn splice_invariants_hold(body in arb_body()) {
+            request_splice(&body);
+        }
+
+        #[test]
+        fn canonical_invariants_survive_noise(data in prop::collection::vec(any::<u8>(), 0..64)) {
+            canonical_key(&data);
+            request_splice(&data);
         }
     }
 
@@ -242,6 +402,10 @@ mod tests {
             Just(r#""prompt_cache_key":null"#.to_string()),
             Just(r#""temperature":0.7"#.to_string()),
             Just(r#""messages":[{"role":"user","content":"hi \u00e9"}]"#.to_string()),
+            Just(r#""stream_options":{"include_obfuscation":true}"#.to_string()),
+            Just(r#""seed":18446744073709551617"#.to_string()),
+            Just(r#""response_format":{"json_schema":{"schema":{"b":1.50,"a":2e3}},"type":"json_schema"}"#.to_string()),
+            Just(r#""x":{"k":1,"k":2}"#.to_string()),
             "\"[a-z]{1,4}\":[0-9]{1,3}",
         ];
         (prop::collection::vec(field, 0..6), "[ \n]{0,2}").prop_map(|(fields, ws)| {

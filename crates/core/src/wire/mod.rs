@@ -23,13 +23,18 @@ use crate::sse::{self, SseEvent, StreamAssembler};
 use crate::usage::Usage;
 
 pub use render::json_to_sse;
-pub use request::{Injections, RequestFlags, prepare_upstream_body, request_flags};
+pub use request::{
+    Injections, RequestFlags, ServerState, Splice, apply_splices, plan_splices,
+    prepare_upstream_body, request_flags,
+};
 
 /// A body could not be read or rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("invalid JSON: {0}")]
     InvalidJson(#[from] serde_json::Error),
+    #[error("{0}")]
+    Syntax(crate::rawjson::SyntaxError),
     #[error("expected a JSON object")]
     NotAnObject,
     #[error("{} responses cannot be streamed", .0.path())]
@@ -46,7 +51,7 @@ impl WireError {
     /// Short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            WireError::InvalidJson(_) => "invalid_json",
+            WireError::InvalidJson(_) | WireError::Syntax(_) => "invalid_json",
             WireError::NotAnObject => "not_an_object",
             WireError::NotStreamable(_) => "not_streamable",
             WireError::EmptyStream => "empty_stream",

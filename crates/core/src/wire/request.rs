@@ -1,11 +1,15 @@
-//! What a request asks for ([`RequestFlags`]) and the exact bytes the proxy forwards
-//! upstream ([`prepare_upstream_body`]): the caller's bytes untouched unless a field is
-//! injected, and then spliced in rather than re-serialized whenever that is exact.
+//! What a request asks for ([`RequestFlags`]), whether it depends on state the provider
+//! holds ([`ServerState`]), and the exact bytes the proxy forwards upstream
+//! ([`prepare_upstream_body`]): the caller's bytes, changed only by the documented
+//! splices ([`plan_splices`]), never re-serialized.
+
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{WireError, splice_after_brace};
+use super::WireError;
+use crate::rawjson::{self, Member};
 use crate::route::Route;
 
 /// The facts about a request body that steer caching and forwarding.
@@ -23,6 +27,37 @@ pub struct RequestFlags<'a> {
     pub model: Option<&'a str>,
     /// The caller set a (non-null) `prompt_cache_key`.
     pub has_prompt_cache_key: bool,
+    /// The answer depends on state the request does not carry: never cached.
+    pub server_state: Option<ServerState>,
+}
+
+/// Why a request's answer depends on state the provider holds (or fetches) rather than
+/// on the request alone. Such a request is forwarded and never cached: a stored answer
+/// would be stale, or would skip a side effect the caller relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Responses `conversation`: items are read from, and appended to, a conversation.
+    Conversation,
+    /// Responses `background: true`: the answer is a queued response to poll.
+    Background,
+    /// Responses `prompt` without a `version`: the template's current version, which
+    /// its owner can change.
+    StoredPrompt,
+    /// A tool the provider runs against state the request does not carry: file search
+    /// (vector stores), web search, a remote MCP server, an existing code-interpreter
+    /// container (Responses), or chat `web_search_options`.
+    ProviderTool,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Conversation => "conversation",
+            ServerState::Background => "background",
+            ServerState::StoredPrompt => "stored_prompt",
+            ServerState::ProviderTool => "provider_tool",
+        }
+    }
 }
 
 /// Reads the [`RequestFlags`] of a parsed request body.
@@ -52,6 +87,50 @@ pub fn request_flags(route: Route, body: &Map<String, Value>) -> RequestFlags<'_
         sampled,
         model: body.get("model").and_then(Value::as_str),
         has_prompt_cache_key: body.get("prompt_cache_key").is_some_and(|v| !v.is_null()),
+        server_state: server_state(route, body),
+    }
+}
+
+/// Responses tools whose results come from provider-side or live state.
+fn is_provider_tool(tool: &Value) -> bool {
+    let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
+    kind == "file_search"
+        || kind == "mcp"
+        || kind.starts_with("web_search")
+        // `container: "auto"` (an object) starts a fresh one; an id names one that
+        // already holds files and state.
+        || (kind == "code_interpreter" && tool.get("container").is_some_and(Value::is_string))
+}
+
+fn server_state(route: Route, body: &Map<String, Value>) -> Option<ServerState> {
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    match route {
+        Route::Responses => {
+            if present("conversation") {
+                return Some(ServerState::Conversation);
+            }
+            if body.get("background") == Some(&Value::Bool(true)) {
+                return Some(ServerState::Background);
+            }
+            if let Some(prompt) = body.get("prompt").filter(|p| !p.is_null()) {
+                let pinned = prompt
+                    .get("version")
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty());
+                if !pinned {
+                    return Some(ServerState::StoredPrompt);
+                }
+            }
+            let tools = body.get("tools").and_then(Value::as_array);
+            if tools.is_some_and(|t| t.iter().any(is_provider_tool)) {
+                return Some(ServerState::ProviderTool);
+            }
+            None
+        }
+        Route::ChatCompletions => {
+            present("web_search_options").then_some(ServerState::ProviderTool)
+        }
+        Route::Completions | Route::Embeddings => None,
     }
 }
 
@@ -66,91 +145,187 @@ pub struct Injections<'a> {
     pub prompt_cache_key: Option<&'a str>,
 }
 
-/// The bytes to forward upstream. `body` must be `original` parsed.
+/// One change to the caller's bytes: `original[at]` is replaced by `with`. An empty
+/// `at` is an insertion (always right after an object's `{`); a non-empty one is
+/// exactly one JSON value as the caller wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Splice {
+    pub at: Range<usize>,
+    pub with: Vec<u8>,
+}
+
+/// The only member named `name`, or `None` when there is none or more than one (a
+/// duplicated member is never touched: which one counts is the reader's choice).
+fn only<'m>(b: &[u8], members: &'m [Member], name: &str) -> Option<Option<&'m Member>> {
+    let mut found = members.iter().filter(|m| m.key_is(b, name));
+    let first = found.next();
+    match found.next() {
+        Some(_) => None,
+        None => Some(first),
+    }
+}
+
+/// The splices that carry `inject` into `original`, in order of position. Every one is
+/// listed in `docs/security.md` ("Forwarding"):
+/// - `prompt_cache_key` (chat, responses; only when the caller set none): inserted
+///   after the top-level `{`, or replacing the value of a `"prompt_cache_key": null`;
+/// - `stream_options.include_usage: true` (streamed chat and completions): inserted as
+///   `"stream_options":{…}` after the top-level `{`, replacing a `null` value, inserted
+///   after the `{` of an existing `stream_options` object, or replacing the value of an
+///   existing `include_usage` that is not `true`.
 ///
-/// Nothing to inject: `original` itself (a cheap `Bytes` clone). Otherwise the new
-/// fields are spliced in right after the opening `{`, leaving every other byte as the
-/// caller sent it; only when a field must change inside an existing value (a
-/// `stream_options` object without `include_usage: true`, a `prompt_cache_key: null`)
-/// is the body re-serialized. A caller's own `prompt_cache_key` is never replaced.
+/// Nothing else changes: no whitespace, key order or number spelling. A member that is
+/// duplicated, or a `stream_options` that is neither an object nor `null`, is left alone
+/// (the provider judges such a body as the caller wrote it).
+pub fn plan_splices(
+    original: &[u8],
+    route: Route,
+    inject: &Injections<'_>,
+) -> Result<Vec<Splice>, WireError> {
+    let open = rawjson::document(original).map_err(WireError::Syntax)?;
+    if original[open] != b'{' {
+        return Err(WireError::NotAnObject);
+    }
+    let top = rawjson::members(original, open, 0).map_err(WireError::Syntax)?;
+    let value_is = |m: &Member, text: &[u8]| &original[m.value.clone()] == text;
+
+    // Fields inserted after the top-level brace, in this order.
+    let mut inserted: Vec<Vec<u8>> = Vec::new();
+    let mut splices = Vec::new();
+
+    if let Some(key) = inject
+        .prompt_cache_key
+        .filter(|_| matches!(route, Route::ChatCompletions | Route::Responses))
+    {
+        let mut text = Vec::with_capacity(key.len() + 2);
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut text, key);
+        match only(original, &top, "prompt_cache_key") {
+            Some(None) => {
+                let mut field = b"\"prompt_cache_key\":".to_vec();
+                field.extend_from_slice(&text);
+                inserted.push(field);
+            }
+            Some(Some(m)) if value_is(m, b"null") => splices.push(Splice {
+                at: m.value.clone(),
+                with: text,
+            }),
+            // The caller's own key, or a duplicated one: untouched.
+            _ => {}
+        }
+    }
+
+    let streamed = matches!(only(original, &top, "stream"), Some(Some(m)) if value_is(m, b"true"));
+    if inject.include_usage
+        && matches!(route, Route::ChatCompletions | Route::Completions)
+        && streamed
+    {
+        const OPTIONS: &[u8] = br#"{"include_usage":true}"#;
+        match only(original, &top, "stream_options") {
+            Some(None) => {
+                let mut field = b"\"stream_options\":".to_vec();
+                field.extend_from_slice(OPTIONS);
+                inserted.push(field);
+            }
+            Some(Some(m)) if value_is(m, b"null") => splices.push(Splice {
+                at: m.value.clone(),
+                with: OPTIONS.to_vec(),
+            }),
+            Some(Some(m)) if original[m.value.start] == b'{' => {
+                let inner =
+                    rawjson::members(original, m.value.start, 1).map_err(WireError::Syntax)?;
+                match only(original, &inner, "include_usage") {
+                    Some(None) => {
+                        let mut with = b"\"include_usage\":true".to_vec();
+                        if !inner.is_empty() {
+                            with.push(b',');
+                        }
+                        let at = m.value.start + 1;
+                        splices.push(Splice { at: at..at, with });
+                    }
+                    Some(Some(u)) if !value_is(u, b"true") => splices.push(Splice {
+                        at: u.value.clone(),
+                        with: b"true".to_vec(),
+                    }),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    if !inserted.is_empty() {
+        let mut with = inserted.join(&b","[..]);
+        if !top.is_empty() {
+            with.push(b',');
+        }
+        let at = open + 1;
+        splices.push(Splice { at: at..at, with });
+    }
+    splices.sort_by_key(|s| s.at.start);
+    Ok(splices)
+}
+
+/// `original` with the splices applied (they must be in order and not overlap).
+pub fn apply_splices(original: &Bytes, splices: &[Splice]) -> Bytes {
+    if splices.is_empty() {
+        return original.clone();
+    }
+    let extra: usize = splices.iter().map(|s| s.with.len()).sum();
+    let mut out = Vec::with_capacity(original.len() + extra);
+    let mut pos = 0;
+    for s in splices {
+        out.extend_from_slice(&original[pos..s.at.start]);
+        out.extend_from_slice(&s.with);
+        pos = s.at.end;
+    }
+    out.extend_from_slice(&original[pos..]);
+    Bytes::from(out)
+}
+
+/// The bytes to forward upstream: `original` with [`plan_splices`] applied. Nothing to
+/// inject: `original` itself (a cheap `Bytes` clone).
 pub fn prepare_upstream_body(
     original: &Bytes,
-    body: &Map<String, Value>,
     route: Route,
     inject: &Injections<'_>,
 ) -> Result<Bytes, WireError> {
-    let flags = request_flags(route, body);
-    let key = inject
-        .prompt_cache_key
-        .filter(|_| matches!(route, Route::ChatCompletions | Route::Responses))
-        .filter(|_| !flags.has_prompt_cache_key);
-    let usage = inject.include_usage
-        && matches!(route, Route::ChatCompletions | Route::Completions)
-        && flags.stream
-        && !flags.include_usage;
-    if key.is_none() && !usage {
+    if inject.prompt_cache_key.is_none() && !inject.include_usage {
         return Ok(original.clone());
     }
-
-    let open = original
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .filter(|&i| original[i] == b'{');
-    let key_splices = key.is_none() || !body.contains_key("prompt_cache_key");
-    let usage_splices = !usage || !body.contains_key("stream_options");
-    if let (Some(open), true, true) = (open, key_splices, usage_splices) {
-        let mut fields = Vec::with_capacity(64);
-        if let Some(k) = key {
-            fields.extend_from_slice(b"\"prompt_cache_key\":");
-            // Writing a string into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut fields, k);
-        }
-        if usage {
-            if !fields.is_empty() {
-                fields.push(b',');
-            }
-            fields.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
-        }
-        return Ok(splice_after_brace(original, open, &fields));
-    }
-
-    let mut rebuilt = body.clone();
-    if let Some(k) = key {
-        rebuilt.insert("prompt_cache_key".into(), Value::String(k.into()));
-    }
-    if usage {
-        match rebuilt.get_mut("stream_options") {
-            Some(Value::Object(o)) => {
-                o.insert("include_usage".into(), Value::Bool(true));
-            }
-            _ => {
-                let mut o = Map::new();
-                o.insert("include_usage".into(), Value::Bool(true));
-                rebuilt.insert("stream_options".into(), Value::Object(o));
-            }
-        }
-    }
-    Ok(Bytes::from(serde_json::to_vec(&rebuilt)?))
+    let splices = plan_splices(original, route, inject)?;
+    Ok(apply_splices(original, &splices))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn parse(b: &[u8]) -> Map<String, Value> {
         serde_json::from_slice(b).unwrap()
     }
 
     fn prep(route: Route, body: &'static [u8], inject: Injections<'_>) -> Bytes {
-        let original = Bytes::from_static(body);
-        prepare_upstream_body(&original, &parse(body), route, &inject).unwrap()
+        prepare_upstream_body(&Bytes::from_static(body), route, &inject).unwrap()
+    }
+
+    fn prep_str(route: Route, body: &'static str, inject: Injections<'_>) -> String {
+        String::from_utf8(prep(route, body.as_bytes(), inject).to_vec()).unwrap()
     }
 
     const BOTH: Injections<'static> = Injections {
         include_usage: true,
         prompt_cache_key: Some("pk-1"),
     };
+    const USAGE: Injections<'static> = Injections {
+        include_usage: true,
+        prompt_cache_key: None,
+    };
+
+    /// Nested key order, number spellings, escapes and whitespace a re-serialization
+    /// would change.
+    const FRAGILE: &str = r#""response_format": {"type":"json_schema","json_schema":{"name":"s","schema":{"properties":{"zeta":{"type":"number","minimum":1.50},"alpha":{"type":"string"}}}}},
+  "seed": 18446744073709551617, "temperature": 0.30000000000000004, "x": "\u00e9\/""#;
 
     #[test]
     fn flags_read_the_body() {
@@ -163,7 +338,8 @@ mod tests {
                 include_usage: true,
                 sampled: false,
                 model: Some("gpt-4o"),
-                has_prompt_cache_key: false
+                has_prompt_cache_key: false,
+                server_state: None,
             }
         );
         let b = parse(br#"{"model":"m","prompt_cache_key":"x","temperature":0.7}"#);
@@ -181,135 +357,193 @@ mod tests {
     }
 
     #[test]
+    fn server_state_is_found() {
+        let state = |route, b: &str| request_flags(route, &parse(b.as_bytes())).server_state;
+        let r = Route::Responses;
+        assert_eq!(state(r, r#"{"input":"hi"}"#), None);
+        assert_eq!(
+            state(r, r#"{"conversation":"conv_1"}"#),
+            Some(ServerState::Conversation)
+        );
+        assert_eq!(
+            state(r, r#"{"conversation":{"id":"conv_1"}}"#),
+            Some(ServerState::Conversation)
+        );
+        assert_eq!(state(r, r#"{"conversation":null}"#), None);
+        assert_eq!(
+            state(r, r#"{"background":true}"#),
+            Some(ServerState::Background)
+        );
+        assert_eq!(state(r, r#"{"background":false}"#), None);
+        assert_eq!(
+            state(r, r#"{"prompt":{"id":"pmpt_1"}}"#),
+            Some(ServerState::StoredPrompt)
+        );
+        assert_eq!(
+            state(r, r#"{"prompt":{"id":"pmpt_1","version":"3"}}"#),
+            None
+        );
+        assert_eq!(state(r, r#"{"previous_response_id":"resp_1"}"#), None);
+        for tool in [
+            r#"{"type":"file_search","vector_store_ids":["vs_1"]}"#,
+            r#"{"type":"web_search"}"#,
+            r#"{"type":"web_search_preview"}"#,
+            r#"{"type":"mcp","server_label":"x","server_url":"https://x"}"#,
+            r#"{"type":"code_interpreter","container":"cntr_1"}"#,
+        ] {
+            assert_eq!(
+                state(r, &format!(r#"{{"tools":[{tool}]}}"#)),
+                Some(ServerState::ProviderTool),
+                "{tool}"
+            );
+        }
+        assert_eq!(
+            state(
+                r,
+                r#"{"tools":[{"type":"code_interpreter","container":{"type":"auto"}}]}"#
+            ),
+            None
+        );
+        assert_eq!(
+            state(r, r#"{"tools":[{"type":"function","name":"f"}]}"#),
+            None
+        );
+        assert_eq!(
+            state(Route::ChatCompletions, r#"{"web_search_options":{}}"#),
+            Some(ServerState::ProviderTool)
+        );
+        assert_eq!(
+            state(
+                Route::ChatCompletions,
+                r#"{"conversation":"c","background":true}"#
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn nothing_to_inject_returns_the_same_bytes() {
         let body: &'static [u8] = br#"{"model":"m", "stream":false}"#;
         let original = Bytes::from_static(body);
-        let out = prepare_upstream_body(
-            &original,
-            &parse(body),
-            Route::ChatCompletions,
-            &Injections::default(),
-        )
-        .unwrap();
+        let out = prepare_upstream_body(&original, Route::ChatCompletions, &Injections::default())
+            .unwrap();
         assert_eq!(
             out.as_ptr(),
             original.as_ptr(),
             "no copy, no re-serialization"
         );
         // include_usage on a non-streamed request changes nothing either
-        let out = prep(
-            Route::ChatCompletions,
-            body,
-            Injections {
-                include_usage: true,
-                prompt_cache_key: None,
-            },
-        );
-        assert_eq!(&out[..], body);
+        assert_eq!(&prep(Route::ChatCompletions, body, USAGE)[..], body);
         // embeddings accept neither field
         assert_eq!(
             &prep(Route::Embeddings, br#"{"input":"x"}"#, BOTH)[..],
             br#"{"input":"x"}"#
         );
+        // already asked for: untouched, byte for byte
+        let asked: &'static [u8] =
+            b"{ \"stream\" : true , \"stream_options\" : { \"include_usage\" : true } }";
+        assert_eq!(&prep(Route::ChatCompletions, asked, USAGE)[..], asked);
+    }
+
+    /// Every splice, byte for byte: the only difference is the spliced text.
+    #[test]
+    fn each_splice_changes_only_its_bytes() {
+        let body = |head: &str| -> &'static str {
+            Box::leak(format!("{{{head}\n  {FRAGILE} , \"stream\": true }}").into_boxed_str())
+        };
+        let after_brace =
+            |head: &str, ins: &str| format!("{{{ins}{head}\n  {FRAGILE} , \"stream\": true }}");
+
+        // 1. both fields inserted after the top-level brace
+        let b = body("");
+        assert_eq!(
+            prep_str(Route::ChatCompletions, b, BOTH),
+            after_brace(
+                "",
+                r#""prompt_cache_key":"pk-1","stream_options":{"include_usage":true},"#
+            )
+        );
+        // 2. prompt_cache_key: null replaced in place
+        let b = body(r#" "prompt_cache_key" :  null,"#);
+        assert_eq!(
+            prep_str(Route::Responses, b, BOTH),
+            format!("{{ \"prompt_cache_key\" :  \"pk-1\",\n  {FRAGILE} , \"stream\": true }}")
+        );
+        // 3. stream_options: null replaced in place
+        let b = body(r#""stream_options":null,"#);
+        assert_eq!(
+            prep_str(Route::ChatCompletions, b, USAGE),
+            format!(
+                "{{\"stream_options\":{{\"include_usage\":true}},\n  {FRAGILE} , \"stream\": true }}"
+            )
+        );
+        // 4. include_usage inserted into an existing stream_options object
+        let b = body(r#""stream_options": { "include_obfuscation": false },"#);
+        assert_eq!(
+            prep_str(Route::ChatCompletions, b, USAGE),
+            format!(
+                "{{\"stream_options\": {{\"include_usage\":true, \"include_obfuscation\": false }},\n  {FRAGILE} , \"stream\": true }}"
+            )
+        );
+        let b = body(r#""stream_options":{ },"#);
+        assert_eq!(
+            prep_str(Route::Completions, b, USAGE),
+            format!(
+                "{{\"stream_options\":{{\"include_usage\":true }},\n  {FRAGILE} , \"stream\": true }}"
+            )
+        );
+        // 5. include_usage: false replaced in place
+        let b = body(r#""stream_options":{"include_obfuscation":false, "include_usage" : false},"#);
+        assert_eq!(
+            prep_str(Route::ChatCompletions, b, USAGE),
+            format!(
+                "{{\"stream_options\":{{\"include_obfuscation\":false, \"include_usage\" : true}},\n  {FRAGILE} , \"stream\": true }}"
+            )
+        );
     }
 
     #[test]
-    fn injections_are_spliced_after_the_brace() {
-        let out = prep(
-            Route::ChatCompletions,
-            b" \n{\"model\":\"m\",\"stream\":true}",
-            BOTH,
+    fn injections_into_small_bodies() {
+        assert_eq!(
+            prep_str(
+                Route::ChatCompletions,
+                " \n{\"model\":\"m\",\"stream\":true}",
+                BOTH
+            ),
+            " \n{\"prompt_cache_key\":\"pk-1\",\"stream_options\":{\"include_usage\":true},\"model\":\"m\",\"stream\":true}"
         );
         assert_eq!(
-            &out[..],
-            &b" \n{\"prompt_cache_key\":\"pk-1\",\"stream_options\":{\"include_usage\":true},\"model\":\"m\",\"stream\":true}"[..]
+            prep_str(Route::Responses, "{}", BOTH),
+            r#"{"prompt_cache_key":"pk-1"}"#
         );
-        let out = prep(Route::Responses, b"{}", BOTH);
         assert_eq!(
-            &out[..],
-            br#"{"prompt_cache_key":"pk-1"}"#,
-            "responses get no stream_options"
-        );
-        let out = prep(Route::Completions, br#"{"stream":true}"#, BOTH);
-        assert_eq!(
-            &out[..],
-            br#"{"stream_options":{"include_usage":true},"stream":true}"#,
+            prep_str(Route::Completions, r#"{"stream":true}"#, BOTH),
+            r#"{"stream_options":{"include_usage":true},"stream":true}"#,
             "no key on legacy completions"
         );
         let odd = Injections {
             include_usage: false,
             prompt_cache_key: Some("a\"b"),
         };
-        let out = prep(Route::ChatCompletions, b"{ }", odd);
-        assert_eq!(parse(&out), parse(br#"{"prompt_cache_key":"a\"b"}"#));
+        assert_eq!(
+            prep_str(Route::ChatCompletions, "{ }", odd),
+            r#"{"prompt_cache_key":"a\"b" }"#
+        );
     }
 
     #[test]
-    fn a_callers_key_is_never_replaced_or_duplicated() {
-        let out = prep(
-            Route::ChatCompletions,
-            br#"{"prompt_cache_key":"mine","stream":false}"#,
-            BOTH,
-        );
-        assert_eq!(&out[..], br#"{"prompt_cache_key":"mine","stream":false}"#);
-        // a null key is no key: set ours, by rebuilding (a splice would duplicate it)
-        let out = prep(
-            Route::ChatCompletions,
-            br#"{"prompt_cache_key":null}"#,
-            BOTH,
-        );
-        assert_eq!(parse(&out), parse(br#"{"prompt_cache_key":"pk-1"}"#));
-    }
-
-    #[test]
-    fn existing_stream_options_are_rebuilt() {
-        let out = prep(
-            Route::ChatCompletions,
-            br#"{"stream":true,"stream_options":{"include_obfuscation":false},"temperature":0.30000000000000004}"#,
-            BOTH,
-        );
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(
-            v,
-            json!({"stream": true, "prompt_cache_key": "pk-1", "temperature": 0.30000000000000004,
-                   "stream_options": {"include_obfuscation": false, "include_usage": true}})
-        );
-        let out = prep(
-            Route::ChatCompletions,
-            br#"{"stream":true,"stream_options":{"include_usage":false}}"#,
-            Injections {
-                include_usage: true,
-                prompt_cache_key: None,
-            },
-        );
-        assert_eq!(
-            parse(&out)["stream_options"],
-            json!({"include_usage": true})
-        );
-        let out = prep(
-            Route::ChatCompletions,
-            br#"{"stream":true,"stream_options":null}"#,
-            Injections {
-                include_usage: true,
-                prompt_cache_key: None,
-            },
-        );
-        assert_eq!(
-            parse(&out)["stream_options"],
-            json!({"include_usage": true})
-        );
-        // already asked for: untouched
-        let body: &'static [u8] = br#"{"stream":true,"stream_options":{"include_usage":true}}"#;
-        assert_eq!(
-            &prep(
-                Route::ChatCompletions,
-                body,
-                Injections {
-                    include_usage: true,
-                    prompt_cache_key: None
-                }
-            )[..],
-            body
-        );
+    fn a_callers_or_a_duplicated_member_is_never_touched() {
+        let own: &'static [u8] = br#"{"prompt_cache_key":"mine","stream":false}"#;
+        assert_eq!(&prep(Route::ChatCompletions, own, BOTH)[..], own);
+        let dup: &'static [u8] = br#"{"prompt_cache_key":null,"prompt_cache_key":null}"#;
+        assert_eq!(&prep(Route::ChatCompletions, dup, BOTH)[..], dup);
+        let dup: &'static [u8] = br#"{"stream":true,"stream_options":null,"stream_options":null}"#;
+        assert_eq!(&prep(Route::ChatCompletions, dup, USAGE)[..], dup);
+        let odd: &'static [u8] = br#"{"stream":true,"stream_options":"yes"}"#;
+        assert_eq!(&prep(Route::ChatCompletions, odd, USAGE)[..], odd);
+        assert!(matches!(
+            prepare_upstream_body(&Bytes::from_static(b"[1]"), Route::ChatCompletions, &BOTH),
+            Err(WireError::NotAnObject)
+        ));
     }
 }

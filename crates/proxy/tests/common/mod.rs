@@ -12,8 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::{Config, Layers};
-use prefixcache_core::key::{CacheKey, KeyInput, Namespace, TenantSecret, compute_keys};
+use prefixcache_core::key::{CacheKey, KeyInput, compute_keys};
 use prefixcache_core::prefix::{FamilyParams, family};
 use prefixcache_core::route::Route;
 use prefixcache_mock::{MockConfig, MockServer, spawn_local};
@@ -201,13 +202,16 @@ impl Harness {
         panic!("proxy did not settle");
     }
 
-    /// The cache key the proxy derives for a chat request from caller `authorization`.
+    /// The cache key the proxy derives for a chat request from caller `authorization`
+    /// (the body sent as `reqwest`'s `.json()` writes it: `serde_json::to_vec`).
     pub fn chat_key(&self, authorization: &str, body: &Value, strategy: &str) -> CacheKey {
-        let ns = Namespace::for_credential(
-            &TenantSecret::from_text(SECRET),
-            &[authorization.as_bytes(), b"", b"", b""],
-        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", authorization.parse().unwrap());
+        let ns = self.state.tenancy.caller(&headers, None).namespace;
         let strategy = self.state.config.strategy(strategy).unwrap();
+        let raw = serde_json::to_vec(body).unwrap();
+        let canonical =
+            canonicalize(Route::ChatCompletions, &raw, strategy.normalize_whitespace).unwrap();
         let body = body.as_object().unwrap();
         let model = body.get("model").and_then(Value::as_str).unwrap_or("");
         let fam = family(
@@ -218,11 +222,12 @@ impl Harness {
         compute_keys(&KeyInput {
             namespace: &ns,
             strategy: &strategy.name,
+            method: "POST",
             route: Route::ChatCompletions,
-            body,
+            query: "",
+            body: &canonical,
             key_mode: strategy.key_mode,
             family: Some(&fam.id),
-            normalize_whitespace: strategy.normalize_whitespace,
         })
         .unwrap()
         .key
@@ -325,4 +330,104 @@ pub fn chat_body(text: &str) -> Value {
         "temperature": 0,
         "messages": [{"role": "user", "content": text}],
     })
+}
+
+/// One request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, exactly as received.
+    pub uri: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// A scripted upstream for what the mock does not do: it records every request (any
+/// method and path) and answers each with a complete chat completion (content
+/// `answer N`, N counting from 1) carrying the given extra response headers.
+pub struct Recorder {
+    pub url: String,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(headers: &[(&'static str, &'static str)]) -> Recorder {
+        use axum::body::Body;
+        use axum::extract::Request;
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+        let extra: Vec<(&'static str, &'static str)> = headers.to_vec();
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let log = log.clone();
+            let extra = extra.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Seen {
+                        method: parts.method.to_string(),
+                        uri: parts.uri.to_string(),
+                        headers: parts.headers.clone(),
+                        body,
+                    });
+                    log.len()
+                };
+                let json = serde_json::json!({
+                    "id": format!("chatcmpl-{n}"), "object": "chat.completion", "created": 1,
+                    "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": format!("answer {n}")}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+                });
+                let mut resp = axum::response::Response::new(Body::from(json.to_string()));
+                resp.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                for (k, v) in extra {
+                    resp.headers_mut().append(k, v.parse().unwrap());
+                }
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Recorder { url, seen, task }
+    }
+
+    /// The requests received so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends one raw HTTP/1.1 request (a request target no HTTP client library would send
+/// as written, such as one with dot segments) and returns the status code and the
+/// whole response text.
+pub async fn raw_http(url: &str, request_target: &str, extra_headers: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {request_target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n{extra_headers}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }
