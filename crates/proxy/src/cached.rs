@@ -21,7 +21,7 @@ use prefixcache_core::wire::{self, Injections};
 use prefixcache_store::{ContentForm, Entry, EntryMeta};
 use serde_json::{Map, Value};
 
-use crate::accounting::{Ending, Ledger, Source};
+use crate::accounting::{Ending, Ledger, PromptCacheKeySource, Source};
 use crate::error::ApiError;
 use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
 use crate::headers::{self, CacheDirectives, is_hop_by_hop};
@@ -181,6 +181,7 @@ async fn handle_inner(
         family: family_id,
         raw: state.request_log.is_some().then(|| raw.clone()),
         request: None,
+        prompt_cache_key: PromptCacheKeySource::None,
     };
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
@@ -244,6 +245,11 @@ async fn handle_inner(
         },
     )
     .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    ledger.prompt_cache_key = PromptCacheKeySource::of(
+        flags.has_prompt_cache_key,
+        prompt_cache_key.is_some(),
+        strategy.prompt_cache_key,
+    );
     ledger.request = Some(Arc::new(body));
     let outcome = if directives.no_cache || sampled_skip {
         Outcome::Bypass
