@@ -1,5 +1,7 @@
-//! What each answered request cost or saved: token and dollar metrics, whether its
-//! stable prefix is long enough for the provider's prompt cache, and its request-log line.
+//! What each answered request cost or saved: token and dollar metrics (also by
+//! `prompt_cache_key` policy), whether its stable prefix is long enough for the
+//! provider's prompt cache, its family's figures on the dashboard, and its request-log
+//! line.
 //!
 //! A request is accounted once, when its usage is known: a hit at once (the entry keeps
 //! the original call's usage), a forwarded request when the upstream response ends, a
@@ -14,7 +16,7 @@ use prefixcache_core::key::{CacheKey, FamilyId};
 use prefixcache_core::prefix::{PrefixScope, count_prefix_tokens, scope_digest};
 use prefixcache_core::pricing::Cost;
 use prefixcache_core::route::Route;
-use prefixcache_core::tokenizer::encoding_for_model;
+use prefixcache_core::tokenizer::{Encoding, encoding_for_model};
 use prefixcache_core::usage::Usage;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -118,9 +120,9 @@ pub struct Ending<'a> {
     pub source: Source,
 }
 
-/// Token counts of static prefixes (up to [`StaticPrefix::LIMIT`]): they recur, so
-/// each is tokenized once.
-pub type CacheableMemo = Memo<[u8; 32], u32>;
+/// Token counts of static prefixes (up to [`StaticPrefix::LIMIT`]) by digest and
+/// encoding: they recur, so each is tokenized once.
+pub type CacheableMemo = Memo<([u8; 32], Encoding), u32>;
 
 impl AppState {
     /// Records tokens, dollars, the family's figures and the request-log line of a
@@ -244,18 +246,37 @@ impl AppState {
     fn static_prefix(&self, ledger: &Ledger, model: &str) -> Option<StaticPrefix> {
         let body = ledger.request.as_ref()?;
         let digest = scope_digest(ledger.route, body, PrefixScope::Static)?;
-        let tokens = self.cacheable.get_or_compute(digest, || {
+        let encoding = encoding_for_model(model).encoding;
+        let tokens = self.cacheable.get_or_compute((digest, encoding), || {
             // The cost grows with the limit, not with the prompt.
             let n = count_prefix_tokens(
                 ledger.route,
                 body,
                 PrefixScope::Static,
-                encoding_for_model(model).encoding,
+                encoding,
                 false,
                 StaticPrefix::LIMIT,
             );
             u32::try_from(n).unwrap_or(u32::MAX)
         });
         Some(StaticPrefix { digest, tokens })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_own_key_wins_over_the_strategy() {
+        use PromptCacheKeyMode as M;
+        use PromptCacheKeySource as S;
+        assert_eq!(S::of(true, false, M::Family), S::Caller);
+        assert_eq!(S::of(false, true, M::Family), S::Family);
+        assert_eq!(S::of(false, true, M::Conversation), S::Conversation);
+        // A route that takes no key: nothing derived, nothing sent.
+        assert_eq!(S::of(false, false, M::Conversation), S::None);
+        assert_eq!(S::of(false, false, M::Off), S::None);
+        assert_eq!(S::None.as_str(), "none");
     }
 }

@@ -352,15 +352,24 @@ mod tests {
     }
 
     #[test]
-    fn readings_within_one_step_replace_each_other() {
+    fn readings_within_one_step_replace_the_newest() {
         let h = History::new(reading(0, 0));
         h.record(reading(10_000, 1));
         h.record(reading(10_000, 2));
+        // Less than a step after the one before the newest: replaces the newest (a
+        // clock standing still keeps at most two readings per step).
         h.record(reading(15_000, 3));
+        h.record(reading(16_000, 4));
         h.with(|r| {
-            assert_eq!(r.ring.len(), 2);
-            assert_eq!(r.ring.back().unwrap().requests[0][0], 3);
+            assert_eq!(r.ring.len(), 3);
+            assert_eq!(r.ring.back().unwrap().requests[0][0], 4);
         });
+        // Ticks that come a little early (wall clock against the timer) all count.
+        let h = History::new(reading(0, 0));
+        for i in 1..=10 {
+            h.record(reading(i * (RESOLUTION_MS - 1), i));
+        }
+        h.with(|r| assert_eq!(r.ring.len(), 11));
     }
 
     #[test]

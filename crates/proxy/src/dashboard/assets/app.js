@@ -260,7 +260,7 @@ function drawCharts(d) {
   const yMax = niceMax(peak);
   drawChart("chart-req", s, {
     label: "Requests per second by outcome over the last hour; now " + fmtRate(d.requests.per_second.total) + " per second",
-    series: reqSeries, yMax: yMax, yTicks: [0, yMax / 2, yMax], yFmt: fmtRate, stacked: true,
+    series: reqSeries, yMax: yMax, yTicks: [0, yMax / 2, yMax], yFmt: (v) => String(+v.toFixed(3)), stacked: true,
     empty: "No requests in the last hour",
     coversS: d.history.covers_s,
   });
@@ -436,7 +436,7 @@ function renderFindings(d) {
     el("td", {}, f.strategy),
     cell("finding." + f.rule + "." + f.kind + ".count", f.count, fmtInt),
     el("td", { class: "num" }, fmtInt(f.families)),
-    el("td", {}, el("span", {}, "tokens " + f.tokens[0] + "–" + f.tokens[1] + " of ", el("span", { class: "id" }, f.family)))));
+    el("td", { class: "where" }, el("span", {}, "tokens " + f.tokens[0] + "–" + f.tokens[1], el("br", {}), "in ", el("span", { class: "id" }, f.family)))));
   fillBody("findings", rows, "No findings: no ids, timestamps or whitespace drift in the prefixes seen.", 6);
 }
 
