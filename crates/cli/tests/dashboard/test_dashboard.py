@@ -213,7 +213,7 @@ try:
     page_text = d.find_element(By.TAG_NAME, "body").text
     check("3f2b8c1e" not in page_text and "careful assistant" not in page_text, "no prompt text anywhere on the page")
     findings = d.find_elements(By.CSS_SELECTOR, "#findings tbody th")
-    check(any(f.text == "dynamic-prefix" for f in findings), "the findings table lists dynamic-prefix")
+    check(any(f.text.startswith("dynamic-prefix") for f in findings), "the findings table lists dynamic-prefix")
 
     check("this replica only" in d.find_element(By.ID, "scope").text, "the page says it shows this replica")
     check(d.find_elements(By.CSS_SELECTOR, "#chart-hit svg line.threshold") != [], "the hit-ratio chart has the alert line")

@@ -698,13 +698,15 @@ fn series(rings: &Rings, now: &Reading, strategies: &[&'static str]) -> Series {
         let secs = (cur.at_ms.saturating_sub(prev.at_ms) as f64 / 1000.0).max(0.001);
         s.t.push(cur.at_ms);
         let c = Counts::all(&step);
+        // Four decimals are plenty for a chart and keep the hour's JSON small.
+        let rate = |n: u64| (n as f64 / secs * 1e4).round() / 1e4;
         let r = &mut s.requests_per_s;
-        r.hit.push(c.hit as f64 / secs);
-        r.coalesced.push(c.coalesced as f64 / secs);
-        r.miss.push(c.miss as f64 / secs);
-        r.bypass.push(c.bypass as f64 / secs);
-        r.error.push(c.error as f64 / secs);
-        r.passthrough.push(c.passthrough as f64 / secs);
+        r.hit.push(rate(c.hit));
+        r.coalesced.push(rate(c.coalesced));
+        r.miss.push(rate(c.miss));
+        r.bypass.push(rate(c.bypass));
+        r.error.push(rate(c.error));
+        r.passthrough.push(rate(c.passthrough));
         s.spent_usd.push(step.spent_usd);
         s.saved_usd.push(step.saved_usd);
         s.inflight_upstream.push(cur.inflight_upstream);

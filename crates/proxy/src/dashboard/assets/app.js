@@ -431,13 +431,12 @@ function renderFamilies(d) {
 
 function renderFindings(d) {
   const rows = d.findings.recent.map((f) => el("tr", {},
-    el("th", { scope: "row" }, f.rule),
-    el("td", {}, f.kind),
+    el("th", { scope: "row" }, f.rule, el("br", {}), el("span", { class: "kind" }, f.kind)),
     el("td", {}, f.strategy),
     cell("finding." + f.rule + "." + f.kind + ".count", f.count, fmtInt),
     el("td", { class: "num" }, fmtInt(f.families)),
     el("td", { class: "where" }, el("span", {}, "tokens " + f.tokens[0] + "–" + f.tokens[1], el("br", {}), "in ", el("span", { class: "id" }, f.family)))));
-  fillBody("findings", rows, "No findings: no ids, timestamps or whitespace drift in the prefixes seen.", 6);
+  fillBody("findings", rows, "No findings: no ids, timestamps or whitespace drift in the prefixes seen.", 5);
 }
 
 function renderPolicies(d) {
