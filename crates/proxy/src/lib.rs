@@ -176,7 +176,7 @@ pub async fn serve(
     tokio::select! {
         // The listeners only end on their own when they fail.
         r = &mut servers => r?,
-        () = sampler => {}
+        never = sampler => match never {},
         () = shutdown => {
             tracing::info!(?drain, "shutting down: no new connections, draining in-flight requests");
             stop.cancel();

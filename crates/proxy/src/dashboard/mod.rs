@@ -60,9 +60,13 @@ impl Dashboard {
             .record(Reading::read(metrics, &self.strategies, now_ms));
     }
 
-    /// Samples every [`history::RESOLUTION_MS`] until dropped. Runs inside `serve`,
-    /// which drops it at shutdown: no task of its own to wait for.
-    pub async fn run_sampler(&self, metrics: &Metrics, now_ms: impl Fn() -> u64) {
+    /// Samples every [`history::RESOLUTION_MS`] until dropped; never returns. Runs
+    /// inside `serve`, which drops it at shutdown: no task of its own to wait for.
+    pub async fn run_sampler(
+        &self,
+        metrics: &Metrics,
+        now_ms: impl Fn() -> u64,
+    ) -> std::convert::Infallible {
         let mut tick =
             tokio::time::interval(std::time::Duration::from_millis(history::RESOLUTION_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
