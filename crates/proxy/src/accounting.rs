@@ -183,8 +183,19 @@ impl AppState {
                         .get_or_create(&PolicyLabels { prompt_cache_key })
                         .inc_by(c.cache_write_usd);
                 }
-                let static_prefix = self.static_prefix(ledger, end.model);
-                let cacheable = u.prompt_tokens >= PROVIDER_CACHE_MIN_TOKENS as u64
+                // A prompt under the floor is not cacheable whatever its static part:
+                // that part is then measured only as often as the dashboard needs it.
+                let long_enough = u.prompt_tokens >= PROVIDER_CACHE_MIN_TOKENS as u64;
+                let measure = long_enough
+                    || ledger
+                        .family
+                        .is_some_and(|f| self.dashboard.families.wants_static_prefix(f));
+                let static_prefix = if measure {
+                    self.static_prefix(ledger, end.model)
+                } else {
+                    None
+                };
+                let cacheable = long_enough
                     && static_prefix.is_none_or(|s| s.tokens as usize >= PROVIDER_CACHE_MIN_TOKENS);
                 m.provider_cacheable
                     .get_or_create(&CacheableLabels {

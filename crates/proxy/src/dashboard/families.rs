@@ -12,11 +12,18 @@ use std::sync::{Mutex, MutexGuard};
 
 use prefixcache_core::key::FamilyId;
 use prefixcache_core::lint::{Finding, Rule, Severity};
+use rustc_hash::FxHashMap;
 
 /// Families tracked at most.
 pub const CAPACITY: usize = 256;
 /// Distinct findings remembered per family (the most recent win).
 const FINDINGS_PER_FAMILY: usize = 6;
+/// A family's static prefix is measured on its first forwarded requests and then on
+/// every this many (when the prompt is too short for the provider's cache to need it
+/// anyway): enough to see it vary, without tokenizing every miss.
+const STATIC_SAMPLE_EVERY: u64 = 32;
+/// Forwarded requests of a family whose static prefix is always measured.
+const STATIC_FIRST: u64 = 8;
 /// Width of one per-family traffic bucket.
 pub const BUCKET_MS: u64 = 600_000;
 /// Buckets kept per family: the last hour at 10-minute granularity (the current
@@ -170,7 +177,9 @@ pub struct FindingTally {
 
 #[derive(Debug, Default)]
 struct Inner {
-    families: HashMap<FamilyId, Stats>,
+    /// Family ids are BLAKE3 output already: FxHash is plenty, and cheaper on the hit
+    /// path than SipHash.
+    families: FxHashMap<FamilyId, Stats>,
     /// By (strategy, rule, kind): bounded by the configured strategies, the rules and
     /// the kinds the rules name (a fixed set of words).
     tallies: HashMap<(&'static str, Rule, &'static str), FindingTally>,
@@ -217,8 +226,19 @@ impl Families {
         b.missed += missed;
     }
 
+    /// Whether the next forwarded request of `family` should have its static prefix
+    /// measured for the dashboard (see [`STATIC_SAMPLE_EVERY`]).
+    pub fn wants_static_prefix(&self, family: FamilyId) -> bool {
+        self.lock().families.get(&family).is_some_and(|s| {
+            s.static_prefix.is_none()
+                || s.forwarded < STATIC_FIRST
+                || s.forwarded % STATIC_SAMPLE_EVERY == 0
+        })
+    }
+
     /// Records what is known about a forwarded request's prompt: its static part
-    /// (`None` for routes without one) and whether the provider could cache it.
+    /// (`None` when not measured, or for routes without one) and whether the provider
+    /// could cache it.
     pub fn forwarded(
         &self,
         family: FamilyId,
@@ -387,7 +407,7 @@ impl Families {
 
 /// The family's entry, making room for it if needed.
 fn entry<'a>(
-    families: &'a mut HashMap<FamilyId, Stats>,
+    families: &'a mut FxHashMap<FamilyId, Stats>,
     family: FamilyId,
     strategy: &'static str,
     route: &'static str,
@@ -486,5 +506,28 @@ mod tests {
         assert!(v.static_varies);
         assert_eq!(v.static_prefix.map(|s| s.tokens), Some(900));
         assert_eq!((v.forwarded, v.cacheable), (3, 2));
+    }
+
+    #[test]
+    fn the_static_prefix_is_measured_first_then_sampled() {
+        let f = Families::default();
+        assert!(
+            !f.wants_static_prefix(id(9)),
+            "unknown families are not measured"
+        );
+        f.request(id(1), "default", "chat_completions", Answer::Missed, 0);
+        let mut measured = 0;
+        for _ in 0..100 {
+            let want = f.wants_static_prefix(id(1));
+            measured += u64::from(want);
+            let s = want.then_some(StaticPrefix {
+                digest: [1; 32],
+                tokens: 10,
+            });
+            f.forwarded(id(1), s, false);
+        }
+        // The first eight, then every 32nd (32, 64, 96).
+        assert_eq!(measured, STATIC_FIRST + 3);
+        assert_eq!(f.top(1, 0)[0].static_prefix.map(|s| s.tokens), Some(10));
     }
 }
