@@ -1,5 +1,7 @@
-//! What each answered request cost or saved: token and dollar metrics, whether its
-//! stable prefix is long enough for the provider's prompt cache, and its request-log line.
+//! What each answered request cost or saved: token and dollar metrics (also by
+//! `prompt_cache_key` policy), whether its stable prefix is long enough for the
+//! provider's prompt cache, its family's figures on the dashboard, and its request-log
+//! line.
 //!
 //! A request is accounted once, when its usage is known: a hit at once (the entry keeps
 //! the original call's usage), a forwarded request when the upstream response ends, a
@@ -9,17 +11,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use prefixcache_core::config::PromptCacheKeyMode;
 use prefixcache_core::key::{CacheKey, FamilyId};
 use prefixcache_core::prefix::{PrefixScope, count_prefix_tokens, scope_digest};
 use prefixcache_core::pricing::Cost;
 use prefixcache_core::route::Route;
-use prefixcache_core::tokenizer::encoding_for_model;
+use prefixcache_core::tokenizer::{Encoding, encoding_for_model};
 use prefixcache_core::usage::Usage;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::dashboard::families::{Answer, StaticPrefix};
 use crate::memo::Memo;
-use crate::metrics::{CacheableLabels, KindLabels, TokenLabels};
+use crate::metrics::{CacheableLabels, KindLabels, PolicyLabels, PolicyTokenLabels, TokenLabels};
 use crate::reqlog::{Record, rfc3339_ms};
 use crate::state::AppState;
 
@@ -50,6 +54,43 @@ impl Source {
     }
 }
 
+/// Where a forwarded request's `prompt_cache_key` came from: the label the provider's
+/// prompt-cache figures are broken down by (`provider_prompt_tokens_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptCacheKeySource {
+    /// The caller sent its own; the proxy never overwrites it.
+    Caller,
+    /// Derived by the strategy from the conversation's start.
+    Conversation,
+    /// Derived by the strategy from the prefix family.
+    Family,
+    /// None was sent (the strategy's `prompt_cache_key = "off"`, or a route without one).
+    #[default]
+    None,
+}
+
+impl PromptCacheKeySource {
+    /// The source for a request that `carried` its own key, or got a `derived` one
+    /// under the strategy's `mode`.
+    pub fn of(carried: bool, derived: bool, mode: PromptCacheKeyMode) -> PromptCacheKeySource {
+        match (carried, derived, mode) {
+            (true, _, _) => PromptCacheKeySource::Caller,
+            (false, true, PromptCacheKeyMode::Conversation) => PromptCacheKeySource::Conversation,
+            (false, true, PromptCacheKeyMode::Family) => PromptCacheKeySource::Family,
+            _ => PromptCacheKeySource::None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromptCacheKeySource::Caller => "caller",
+            PromptCacheKeySource::Conversation => "conversation",
+            PromptCacheKeySource::Family => "family",
+            PromptCacheKeySource::None => "none",
+        }
+    }
+}
+
 /// What accounting needs to know about one request, captured when it arrives.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -65,6 +106,8 @@ pub struct Ledger {
     /// The parsed request, kept for forwarded requests so provider-cacheability is
     /// decided off the request path, when the response ends.
     pub request: Option<Arc<Map<String, Value>>>,
+    /// Set once the forwarded body is prepared.
+    pub prompt_cache_key: PromptCacheKeySource,
 }
 
 /// How one request ended, for its log line.
@@ -77,14 +120,30 @@ pub struct Ending<'a> {
     pub source: Source,
 }
 
-/// The cacheable-prefix memo: static prefixes recur, so each is tokenized once.
-pub type CacheableMemo = Memo<[u8; 32], bool>;
+/// Token counts of static prefixes (up to [`StaticPrefix::LIMIT`]) by digest and
+/// encoding: they recur, so each is tokenized once.
+pub type CacheableMemo = Memo<([u8; 32], Encoding), u32>;
 
 impl AppState {
-    /// Records tokens, dollars and the request-log line of a request that ended.
+    /// Records tokens, dollars, the family's figures and the request-log line of a
+    /// request that ended.
     pub fn account(&self, ledger: &Ledger, end: Ending<'_>) {
         let m = &self.metrics;
         let mut cost = None;
+        if let Some(family) = ledger.family {
+            let answer = match end.status {
+                "hit" | "coalesced" => Answer::Cached,
+                "bypass" => Answer::Bypassed,
+                _ => Answer::Missed,
+            };
+            self.dashboard.families.request(
+                family,
+                ledger.strategy,
+                ledger.route.as_str(),
+                answer,
+                self.now_ms(),
+            );
+        }
         if let Some(u) = &end.usage {
             let source = end.source.as_str();
             for (kind, n) in [
@@ -97,9 +156,9 @@ impl AppState {
                     .get_or_create(&TokenLabels { kind, source })
                     .inc_by(n);
             }
-            let parts = self.price(end.model, u);
-            cost = parts.map(|c| c.usd);
-            if let Some(c) = parts {
+            let priced = self.price(end.model, u);
+            cost = priced.map(|c| c.usd);
+            if let Some(c) = priced {
                 let kind = match end.source {
                     Source::Upstream => "spent",
                     Source::Cache => "saved",
@@ -119,12 +178,48 @@ impl AppState {
                 }
             }
             if end.source == Source::Upstream && ledger.route != Route::Embeddings {
-                let cacheable = self.provider_cacheable(ledger, end.model, u);
+                let prompt_cache_key = ledger.prompt_cache_key.as_str();
+                for (kind, n) in [
+                    ("prompt", u.prompt_tokens),
+                    ("cached", u.cached_tokens),
+                    ("cache_write", u.cache_write_tokens),
+                ] {
+                    m.provider_prompt_tokens
+                        .get_or_create(&PolicyTokenLabels {
+                            prompt_cache_key,
+                            kind,
+                        })
+                        .inc_by(n);
+                }
+                if let Some(c) = priced {
+                    m.provider_cache_write_usd
+                        .get_or_create(&PolicyLabels { prompt_cache_key })
+                        .inc_by(c.cache_write_usd);
+                }
+                // A prompt under the floor is not cacheable whatever its static part:
+                // that part is then measured only as often as the dashboard needs it.
+                let long_enough = u.prompt_tokens >= PROVIDER_CACHE_MIN_TOKENS as u64;
+                let measure = long_enough
+                    || ledger
+                        .family
+                        .is_some_and(|f| self.dashboard.families.wants_static_prefix(f));
+                let static_prefix = if measure {
+                    self.static_prefix(ledger, end.model)
+                } else {
+                    None
+                };
+                let cacheable = long_enough
+                    && static_prefix.is_none_or(|s| s.tokens as usize >= PROVIDER_CACHE_MIN_TOKENS);
                 m.provider_cacheable
                     .get_or_create(&CacheableLabels {
                         cacheable: if cacheable { "true" } else { "false" },
                     })
                     .inc();
+                if let Some(family) = ledger.family {
+                    self.dashboard
+                        .families
+                        .forwarded(family, static_prefix, cacheable);
+                }
             }
         }
         if let (Some(log), Some(raw)) = (&self.request_log, &ledger.raw) {
@@ -167,31 +262,45 @@ impl AppState {
         None
     }
 
-    /// Whether the provider could cache this request's prompt: at least 1024 prompt
-    /// tokens, and (for conversational routes) a static prefix of at least 1024 tokens
-    /// that other requests can share.
-    fn provider_cacheable(&self, ledger: &Ledger, model: &str, usage: &Usage) -> bool {
-        if usage.prompt_tokens < PROVIDER_CACHE_MIN_TOKENS as u64 {
-            return false;
-        }
-        let Some(body) = &ledger.request else {
-            return true;
-        };
-        let Some(digest) = scope_digest(ledger.route, body, PrefixScope::Static) else {
-            // Routes without a static part (legacy completions): the prompt length decides.
-            return true;
-        };
-        self.cacheable.get_or_compute(digest, || {
-            // Counting stops at 1024 tokens, so a long static prefix costs no more.
+    /// The static part of a forwarded request's prompt (tools, schema, instructions,
+    /// system and developer messages): its digest and its length in tokens up to
+    /// [`StaticPrefix::LIMIT`]. `None` for routes without one (legacy completions) and
+    /// when the request was not kept. The provider can cache a prompt only if this part
+    /// reaches 1024 tokens, since it is what other requests can share.
+    fn static_prefix(&self, ledger: &Ledger, model: &str) -> Option<StaticPrefix> {
+        let body = ledger.request.as_ref()?;
+        let digest = scope_digest(ledger.route, body, PrefixScope::Static)?;
+        let encoding = encoding_for_model(model).encoding;
+        let tokens = self.cacheable.get_or_compute((digest, encoding), || {
+            // The cost grows with the limit, not with the prompt.
             let n = count_prefix_tokens(
                 ledger.route,
                 body,
                 PrefixScope::Static,
-                encoding_for_model(model).encoding,
+                encoding,
                 false,
-                PROVIDER_CACHE_MIN_TOKENS,
+                StaticPrefix::LIMIT,
             );
-            n >= PROVIDER_CACHE_MIN_TOKENS
-        })
+            u32::try_from(n).unwrap_or(u32::MAX)
+        });
+        Some(StaticPrefix { digest, tokens })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_own_key_wins_over_the_strategy() {
+        use PromptCacheKeyMode as M;
+        use PromptCacheKeySource as S;
+        assert_eq!(S::of(true, false, M::Family), S::Caller);
+        assert_eq!(S::of(false, true, M::Family), S::Family);
+        assert_eq!(S::of(false, true, M::Conversation), S::Conversation);
+        // A route that takes no key: nothing derived, nothing sent.
+        assert_eq!(S::of(false, false, M::Conversation), S::None);
+        assert_eq!(S::of(false, false, M::Off), S::None);
+        assert_eq!(S::None.as_str(), "none");
     }
 }

@@ -1,10 +1,12 @@
-//! Admin endpoints (DESIGN.md §3): `GET /admin/stats` and `POST /admin/purge`, served on
-//! `admin.listen`, or on the main listener when `admin.token` protects them.
+//! Admin endpoints: `GET /admin/stats`, `POST /admin/purge`, and the dashboard
+//! (`GET /dashboard`, its files, and `GET /admin/summary`), served on `admin.listen`,
+//! or on the main listener when `admin.token` protects them.
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Path;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prefixcache_core::key::FamilyId;
@@ -12,6 +14,8 @@ use prefixcache_store::PurgeFilter;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::dashboard::page;
+use crate::dashboard::summary::{Circuit, Inflight, Live, StoreHealth};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -19,26 +23,127 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/stats", get(stats))
         .route("/admin/purge", post(purge))
+        .route("/admin/summary", get(summary))
+        .route("/dashboard", get(dashboard_page))
+        .route("/dashboard/{file}", get(dashboard_file))
 }
 
-/// With a configured token, every admin call must carry it as a bearer token.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// What a call may do, which decides the credentials it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reading (the dashboard and its JSON): `Bearer <token>`, or HTTP Basic with the
+    /// token as password, so a browser can open the page (it asks for the password
+    /// once and sends it with every request the page makes).
+    Read,
+    /// Changing the cache (purge): `Bearer <token>` only. A browser re-sends Basic
+    /// credentials on its own, also for a form another site posts here; a bearer token
+    /// it never sends by itself, so a page elsewhere cannot purge (CSRF).
+    Write,
+}
+
+/// With a configured token, every admin call must carry it.
+fn authorize(state: &AppState, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
     let Some(token) = &state.config.admin.token else {
         return Ok(());
     };
-    let given = headers
+    let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .unwrap_or("");
+    let given = if let Some(bearer) = value.strip_prefix("Bearer ") {
+        Some(bearer.as_bytes().to_vec())
+    } else if let Some(basic) = value.strip_prefix("Basic ")
+        && access == Access::Read
+    {
+        basic_password(basic.trim())
+    } else {
+        None
+    };
     // Compare hashes so the comparison takes the same time wherever they differ.
     match given {
-        Some(g) if blake3::hash(g.as_bytes()) == blake3::hash(token.as_bytes()) => Ok(()),
+        Some(g) if blake3::hash(&g) == blake3::hash(token.as_bytes()) => Ok(()),
         _ => Err(ApiError::AdminUnauthorized),
     }
 }
 
+/// The password of HTTP Basic credentials (`base64(user:password)`); any user name.
+fn basic_password(encoded: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
+/// A 401 for the page: the challenge makes a browser ask for the token.
+fn challenge(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"prefixcache admin\", charset=\"UTF-8\""),
+    );
+    resp
+}
+
+async fn dashboard_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers, Access::Read) {
+        return challenge(e);
+    }
+    page::asset("").unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+async fn dashboard_file(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers, Access::Read) {
+        return challenge(e);
+    }
+    page::asset(&format!("/{file}")).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+/// `GET /admin/summary`: the dashboard's JSON (`docs/dashboard.md`).
+async fn summary(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers, Access::Read) {
+        return e.into_response();
+    }
+    let (stats, degraded) = crate::refresh_store_gauges(&state);
+    let live = Live {
+        now: state.dashboard.read_now(&state.metrics, state.now_ms()),
+        listen: state.config.listen.to_string(),
+        store: StoreHealth {
+            backend: state.store.backend(),
+            degraded,
+            circuit: state.guard.as_ref().map(|g| {
+                let c = g.snapshot();
+                Circuit {
+                    state: c.state.as_str(),
+                    consecutive_failures: c.consecutive_failures,
+                    failures: c.failures,
+                    timeouts: c.timeouts,
+                    rejected: c.rejected,
+                    trips: c.trips,
+                }
+            }),
+            entries: stats.entries,
+            bytes: stats.bytes,
+            evictions: stats.evictions,
+        },
+        inflight: Inflight {
+            upstream: state.metrics.inflight_upstream.get(),
+            flights: state.flights.len(),
+            followers: state.flights.followers(),
+        },
+    };
+    let mut resp = Json(state.dashboard.summary(live)).into_response();
+    page::secure(resp.headers_mut());
+    resp
+}
+
 async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
+    if let Err(e) = authorize(&state, &headers, Access::Read) {
         return e.into_response();
     }
     let s = state.store.stats();
@@ -70,7 +175,7 @@ async fn purge(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
+    if let Err(e) = authorize(&state, &headers, Access::Write) {
         return e.into_response();
     }
     let req: PurgeRequest = if body.is_empty() {
@@ -115,7 +220,7 @@ async fn purge(
     match state.store.purge(&filter).await {
         Ok(n) => Json(json!({"purged": n})).into_response(),
         Err(e) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": {"message": format!("purge failed: {e}"), "type": "store_error", "param": null, "code": e.metric_label()}})),
         )
             .into_response(),

@@ -22,7 +22,7 @@ use prefixcache_core::wire::{self, Injections, ServerState};
 use prefixcache_store::{ContentForm, Entry, EntryMeta};
 use serde_json::{Map, Value};
 
-use crate::accounting::{Ending, Ledger, Source};
+use crate::accounting::{Ending, Ledger, PromptCacheKeySource, Source};
 use crate::error::ApiError;
 use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
 use crate::headers::{self, CacheDirectives, UpstreamCaching, end_to_end};
@@ -227,6 +227,7 @@ async fn handle_inner(
         family: family_id,
         raw: state.request_log.is_some().then(|| raw.clone()),
         request: None,
+        prompt_cache_key: PromptCacheKeySource::None,
     };
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
@@ -291,6 +292,11 @@ async fn handle_inner(
     };
     let upstream_body = wire::prepare_upstream_body(&raw, route, &injections)
         .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    ledger.prompt_cache_key = PromptCacheKeySource::of(
+        flags.has_prompt_cache_key,
+        prompt_cache_key.is_some(),
+        strategy.prompt_cache_key,
+    );
     ledger.request = Some(Arc::new(body));
     let outcome = match bypass {
         Some(reason) => {

@@ -71,6 +71,8 @@ pub struct Flight {
     version: watch::Sender<u64>,
     /// Callers currently receiving this response (see [`Reader`]).
     readers: AtomicUsize,
+    /// Identical requests that joined this flight instead of calling upstream.
+    followers: AtomicUsize,
 }
 
 /// A caller receiving a flight's body. While none exist, the reading task knows nobody
@@ -106,6 +108,7 @@ impl Flight {
             state: Mutex::new(State::default()),
             version,
             readers: AtomicUsize::new(0),
+            followers: AtomicUsize::new(0),
         })
     }
 
@@ -253,6 +256,7 @@ impl Flights {
     pub fn join_or_lead(&self, key: CacheKey) -> Joined {
         let mut map = self.lock();
         if let Some(f) = map.get(&key) {
+            f.followers.fetch_add(1, Ordering::Relaxed);
             return Joined::Follower(f.clone());
         }
         let f = Flight::new();
@@ -279,6 +283,15 @@ impl Flights {
 
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Callers that joined a flight still registered: they wait on its upstream call
+    /// instead of making their own.
+    pub fn followers(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|f| f.followers.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -334,11 +347,13 @@ mod tests {
             panic!("first must lead")
         };
         assert!(matches!(flights.join_or_lead(k), Joined::Follower(f) if Arc::ptr_eq(&f, &a)));
+        assert_eq!(flights.followers(), 1);
         // A no-cache leader does not displace the registered flight.
         let b = flights.lead(k);
         flights.remove(&k, &b);
         assert_eq!(flights.len(), 1);
         flights.remove(&k, &a);
         assert!(flights.is_empty());
+        assert_eq!(flights.followers(), 0);
     }
 }

@@ -17,7 +17,8 @@
 //! - [`warnings`]: live prefix warnings (lint rules on each request's prefix window).
 //! - [`tenant`]: callers' namespaces and the tenant secret.
 //! - [`headers`]: the contract's request and response headers.
-//! - [`admin`]: `/admin/stats` and `/admin/purge`.
+//! - [`admin`]: `/admin/stats`, `/admin/purge`, and the dashboard's routes.
+//! - [`dashboard`]: the page at `/dashboard`, its JSON, this replica's history.
 //! - [`memo`]: a bounded memo for facts about recurring prompt parts.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: errors in OpenAI's JSON shape.
@@ -25,6 +26,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod cached;
+pub mod dashboard;
 pub mod error;
 pub mod flight;
 pub mod headers;
@@ -47,6 +49,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prefixcache_core::route::Route;
+use prefixcache_store::StoreStats;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -54,8 +57,8 @@ use tokio_util::sync::CancellationToken;
 pub use state::AppState;
 
 /// The proxy's router: health, metrics, the cached routes, and everything else
-/// forwarded. Admin routes are added here only when an `admin_token` protects them and
-/// no separate `admin_listen` is configured.
+/// forwarded. Admin routes (the dashboard included) are added here only when an
+/// `admin_token` protects them and no separate `admin_listen` is configured.
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
@@ -121,13 +124,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+/// Copies the store's figures into their gauges (they are read, not counted) and
+/// returns them with whether the store's guard is failing open.
+pub(crate) fn refresh_store_gauges(state: &AppState) -> (StoreStats, bool) {
     let stats = state.store.stats();
-    if let Some(g) = &state.guard {
-        state.metrics.store_degraded.set(i64::from(g.is_degraded()));
+    let degraded = state.guard.as_ref().is_some_and(|g| g.is_degraded());
+    if state.guard.is_some() {
+        state.metrics.store_degraded.set(i64::from(degraded));
     }
     state.metrics.entries.set(stats.entries as i64);
     state.metrics.store_bytes.set(stats.bytes as i64);
+    state.metrics.store_evictions.set(stats.evictions as i64);
+    (stats, degraded)
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    refresh_store_gauges(&state);
     let mut resp = state.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -157,9 +169,14 @@ pub async fn serve(
     };
     let servers = async { tokio::try_join!(main, admin).map(|_| ()) };
     tokio::pin!(servers);
+    // The dashboard's history: polled here, dropped with this future at shutdown.
+    let sampler = state
+        .dashboard
+        .run_sampler(&state.metrics, || state.now_ms());
     tokio::select! {
         // The listeners only end on their own when they fail.
         r = &mut servers => r?,
+        never = sampler => match never {},
         () = shutdown => {
             tracing::info!(?drain, "shutting down: no new connections, draining in-flight requests");
             stop.cancel();

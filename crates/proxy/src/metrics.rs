@@ -3,17 +3,19 @@
 //! the configured strategy names: never keys, families, tenants or models.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// Buckets from 50 µs (a memory hit) to 2 minutes (a long generation).
-const LATENCY_BUCKETS: [f64; 20] = [
+pub const LATENCY_BUCKETS: [f64; 20] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
@@ -81,8 +83,106 @@ pub struct RuleLabels {
     pub rule: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyTokenLabels {
+    pub prompt_cache_key: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub prompt_cache_key: &'static str,
+}
+
+/// Every `status` label value of `requests_total`, in the order the dashboard shows them.
+pub const STATUSES: [&str; 6] = ["hit", "coalesced", "miss", "bypass", "error", "passthrough"];
+
+/// Every `route` label value of `requests_total` and `request_duration_seconds`.
+pub const ROUTES: [&str; 5] = [
+    "chat_completions",
+    "completions",
+    "embeddings",
+    "responses",
+    "other",
+];
+
+/// Every `kind` of `provider_prompt_tokens_total`.
+pub const PROVIDER_TOKEN_KINDS: [&str; 3] = ["prompt", "cached", "cache_write"];
+
+/// A classic histogram whose buckets can be read back (the dashboard computes quantiles
+/// from them); prometheus-client's own keeps them private. Exported exactly like it.
+#[derive(Clone, Debug)]
+pub struct ReadableHistogram {
+    inner: Arc<Mutex<HistogramData>>,
+}
+
+/// A histogram's state: per-bucket (not cumulative) counts, the last bucket `+Inf`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramData {
+    pub sum: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl ReadableHistogram {
+    pub fn new(bounds: &[f64]) -> ReadableHistogram {
+        let buckets = bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .map(|b| (b, 0))
+            .collect();
+        ReadableHistogram {
+            inner: Arc::new(Mutex::new(HistogramData {
+                sum: 0.0,
+                count: 0,
+                buckets,
+            })),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let mut d = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        d.sum += v;
+        d.count += 1;
+        // The last bucket is +Inf, so a value (even NaN) always lands somewhere.
+        let i = d
+            .buckets
+            .iter()
+            .position(|(b, _)| v <= *b)
+            .unwrap_or(d.buckets.len().saturating_sub(1));
+        if let Some(b) = d.buckets.get_mut(i) {
+            b.1 += 1;
+        }
+    }
+
+    /// The current sum, count and bucket counts.
+    pub fn data(&self) -> HistogramData {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl TypedMetric for ReadableHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ReadableHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let d = self.data();
+        encoder.encode_histogram::<NoLabelSet>(d.sum, d.count, &d.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+fn readable_latency_histogram() -> ReadableHistogram {
+    ReadableHistogram::new(&LATENCY_BUCKETS)
 }
 
 fn store_histogram() -> Histogram {
@@ -93,7 +193,7 @@ fn store_histogram() -> Histogram {
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Family<RouteStatusLabels, Histogram, fn() -> Histogram>,
+    pub request_duration: Family<RouteStatusLabels, ReadableHistogram, fn() -> ReadableHistogram>,
     pub upstream_duration: Family<RouteStatusLabels, Histogram, fn() -> Histogram>,
     pub upstream_errors: Family<CodeLabels, Counter>,
     pub store_operations: Family<StoreOpLabels, Counter>,
@@ -110,6 +210,9 @@ pub struct Metrics {
     pub provider_cacheable: Family<CacheableLabels, Counter>,
     pub bypassed: Family<ReasonLabels, Counter>,
     pub store_skipped: Family<ReasonLabels, Counter>,
+    pub provider_prompt_tokens: Family<PolicyTokenLabels, Counter>,
+    pub provider_cache_write_usd: Family<PolicyLabels, Counter<f64, AtomicU64>>,
+    pub store_evictions: Gauge,
 }
 
 impl Metrics {
@@ -121,10 +224,11 @@ impl Metrics {
             "Requests by route, strategy and cache status (hit, miss, bypass, coalesced, error, passthrough)",
             requests.clone(),
         );
-        let request_duration =
-            Family::<RouteStatusLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
+        let request_duration = Family::<
+            RouteStatusLabels,
+            ReadableHistogram,
+            fn() -> ReadableHistogram,
+        >::new_with_constructor(readable_latency_histogram);
         registry.register(
             "request_duration_seconds",
             "Time from request to response headers, by route and cache status",
@@ -232,10 +336,31 @@ impl Metrics {
             "Complete upstream answers not stored because upstream said so (upstream_no_store, upstream_private)",
             store_skipped.clone(),
         );
+        let provider_prompt_tokens = Family::<PolicyTokenLabels, Counter>::default();
+        registry.register(
+            "provider_prompt_tokens",
+            "Prompt tokens of upstream responses by the prompt_cache_key policy of the request (caller, conversation, family, none) and kind (prompt, cached, cache_write)",
+            provider_prompt_tokens.clone(),
+        );
+        let provider_cache_write_usd = Family::<PolicyLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "provider_cache_write_usd",
+            "US dollars paid for writing prompts to the provider's prompt cache, by prompt_cache_key policy (part of cost_usd_total{kind=\"spent\"})",
+            provider_cache_write_usd.clone(),
+        );
+        let store_evictions = Gauge::default();
+        registry.register(
+            "store_evictions",
+            "Entries the store dropped before their expiry for lack of room, since it opened (Redis: the server's evicted_keys)",
+            store_evictions.clone(),
+        );
         Metrics {
             provider_cacheable,
             bypassed,
             store_skipped,
+            provider_prompt_tokens,
+            provider_cache_write_usd,
+            store_evictions,
             registry,
             requests,
             request_duration,

@@ -16,6 +16,7 @@ use prefixcache_store::{CacheStore, Clock, Entry, StoreError};
 use tokio_util::task::TaskTracker;
 
 use crate::accounting::CacheableMemo;
+use crate::dashboard::Dashboard;
 use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::reqlog::RequestLog;
@@ -42,6 +43,8 @@ pub struct Inner {
     /// The fail-open guard of the store, when it has one (degraded state for `/readyz`).
     pub guard: Option<Arc<GuardState>>,
     pub metrics: Metrics,
+    /// The dashboard's history and family tracker (`/dashboard`, `/admin/summary`).
+    pub dashboard: Dashboard,
     /// Owns upstream-reading and store-writing tasks; waited for at shutdown.
     pub tasks: TaskTracker,
     /// The request log (`log.path`), if enabled.
@@ -163,6 +166,25 @@ impl AppState {
             fallback_authorization,
             tenant_headers,
         );
+        // Leaked once per process: a bounded set (the configured strategies), so label
+        // sets on the hot path need no allocation.
+        let strategy_labels: HashMap<String, &'static str> = config
+            .strategies
+            .iter()
+            .map(|s| {
+                let label: &'static str = Box::leak(s.name.clone().into_boxed_str());
+                (s.name.clone(), label)
+            })
+            .collect();
+        let metrics = Metrics::new();
+        let dashboard = Dashboard::new(
+            config
+                .strategies
+                .iter()
+                .filter_map(|s| strategy_labels.get(&s.name).copied()),
+            &metrics,
+            clock.now_ms(),
+        );
         Ok(AppState {
             inner: Arc::new(Inner {
                 upstream,
@@ -172,7 +194,8 @@ impl AppState {
                 flights: Flights::default(),
                 families: FamilyMemo::default(),
                 guard: None,
-                metrics: Metrics::new(),
+                metrics,
+                dashboard,
                 tasks: TaskTracker::new(),
                 request_log,
                 cacheable: CacheableMemo::new(crate::accounting::CACHEABLE_MEMO_ENTRIES),
@@ -180,16 +203,7 @@ impl AppState {
                 unpriced: Mutex::new(HashSet::new()),
                 drift: WhitespaceDrift::default(),
                 lint_memo: LintMemo::new(crate::warnings::MEMO_FAMILIES),
-                // Leaked once per process: a bounded set (the configured strategies),
-                // so label sets on the hot path need no allocation.
-                strategy_labels: config
-                    .strategies
-                    .iter()
-                    .map(|s| {
-                        let label: &'static str = Box::leak(s.name.clone().into_boxed_str());
-                        (s.name.clone(), label)
-                    })
-                    .collect(),
+                strategy_labels,
                 lint_logged: Mutex::new(HashMap::new()),
                 config,
             }),

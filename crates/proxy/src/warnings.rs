@@ -71,6 +71,8 @@ impl AppState {
                 .inc();
             self.log_finding(strategy, f);
         }
+        let label = self.strategy_label(strategy);
+        (self.dashboard.families).findings(family.id, label, &findings, self.now_ms());
         findings.retain(|f| f.severity >= Severity::Warning);
         let value = lint::header_value(&findings);
         if value.is_empty() {

@@ -125,6 +125,8 @@ struct Shared {
     max_bytes: u64,
     entries: AtomicU64,
     bytes: AtomicU64,
+    /// Entries evicted for the byte budget since the store opened.
+    evictions: AtomicU64,
     writer_alive: AtomicBool,
 }
 
@@ -173,6 +175,7 @@ impl DiskStore {
             max_bytes,
             entries: AtomicU64::new(entries),
             bytes: AtomicU64::new(bytes),
+            evictions: AtomicU64::new(0),
             writer_alive: AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::channel();
@@ -411,6 +414,7 @@ impl CacheStore for DiskStore {
         StoreStats {
             entries: self.shared.entries.load(Ordering::Relaxed),
             bytes: self.shared.bytes.load(Ordering::Relaxed),
+            evictions: self.shared.evictions.load(Ordering::Relaxed),
         }
     }
 }
@@ -591,6 +595,7 @@ fn commit_batch(
 ) -> Result<Vec<u64>, String> {
     let now = shared.clock.now_ms();
     let mut t = *totals;
+    let evicted;
     let mut txn = shared.db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(if durable {
         Durability::Immediate
@@ -633,7 +638,7 @@ fn commit_batch(
             };
             counts.push(n);
         }
-        rows.sweep(now, shared.max_bytes)?;
+        evicted = rows.sweep(now, shared.max_bytes)?;
         let mut stats = txn.open_table(STATS).map_err(|e| e.to_string())?;
         stats
             .insert("entries", t.entries)
@@ -645,6 +650,7 @@ fn commit_batch(
     *totals = t;
     shared.entries.store(t.entries, Ordering::Relaxed);
     shared.bytes.store(t.bytes, Ordering::Relaxed);
+    shared.evictions.fetch_add(evicted, Ordering::Relaxed);
     Ok(counts)
 }
 
@@ -708,9 +714,10 @@ impl Rows<'_, '_> {
     }
 
     /// Removes up to [`SWEEP_PER_BATCH`] expired entries, then evicts soonest-expiring
-    /// entries while over budget.
-    fn sweep(&mut self, now: u64, max_bytes: u64) -> Result<(), String> {
+    /// entries while over budget. Returns how many live entries it evicted.
+    fn sweep(&mut self, now: u64, max_bytes: u64) -> Result<u64, String> {
         let mut swept = 0;
+        let mut evicted = 0;
         let target = max_bytes / 100 * EVICT_TO_PERCENT;
         let mut evicting = self.totals.bytes > max_bytes;
         loop {
@@ -735,9 +742,11 @@ impl Rows<'_, '_> {
                 // An index row without its entry (cannot happen through this module;
                 // tolerated so one bad row never wedges the sweep).
                 self.index.remove((exp, &key)).map_err(|e| e.to_string())?;
+            } else if !expired {
+                evicted += 1;
             }
             swept += 1;
         }
-        Ok(())
+        Ok(evicted)
     }
 }

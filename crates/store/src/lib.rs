@@ -130,6 +130,9 @@ impl StoreError {
 pub struct StoreStats {
     pub entries: u64,
     pub bytes: u64,
+    /// Entries dropped before their expiry for lack of room since the store opened
+    /// (Redis: the servers' `evicted_keys`, since they started).
+    pub evictions: u64,
 }
 
 /// Which entries `purge` removes; every given field must match (an empty filter matches all).

@@ -15,11 +15,13 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::Expiry;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use prefixcache_core::key::CacheKey;
 
 use crate::{CacheStore, Clock, Entry, PurgeFilter, StoreError, StoreStats};
@@ -73,19 +75,32 @@ impl Expiry<CacheKey, Arc<Slot>> for DeadlineExpiry {
 pub struct MemoryStore {
     cache: Cache<CacheKey, Arc<Slot>>,
     clock: Arc<dyn Clock>,
+    /// Entries moka evicted for room (not expired, not replaced, not deleted).
+    evictions: Arc<AtomicU64>,
 }
 
 impl MemoryStore {
     /// A store holding at most about `max_bytes` (by [`Entry::weight`]).
     pub fn new(max_bytes: u64, clock: Arc<dyn Clock>) -> MemoryStore {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counter = evictions.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_key: &CacheKey, slot: &Arc<Slot>| {
                 u32::try_from(slot.entry.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(DeadlineExpiry(clock.clone()))
+            .eviction_listener(move |_key, _slot, cause| {
+                if cause == RemovalCause::Size {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .build();
-        MemoryStore { cache, clock }
+        MemoryStore {
+            cache,
+            clock,
+            evictions,
+        }
     }
 
     /// Stores `entry` but serves it only until `until_ms` (capped at the entry's own
@@ -164,6 +179,7 @@ impl CacheStore for MemoryStore {
         StoreStats {
             entries: self.cache.entry_count(),
             bytes: self.cache.weighted_size(),
+            evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
 }

@@ -201,6 +201,7 @@ struct Shared {
     url: String,
     entries: AtomicU64,
     bytes: AtomicU64,
+    evictions: AtomicU64,
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -318,6 +319,7 @@ impl Shared {
             url: redact(url),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         })
     }
 
@@ -364,20 +366,28 @@ impl Shared {
 
     async fn refresh_stats(&self) -> Result<StoreStats, StoreError> {
         let entries: u64 = self.query(&redis::cmd("DBSIZE")).await?;
-        let mut info = redis::cmd("INFO");
-        info.arg("memory");
-        let reply: Value = self.query(&info).await?;
-        let mut bytes = 0u64;
+        // The default sections hold both `memory` and `stats` (one section argument
+        // per call before Redis 7).
+        let reply: Value = self.query(&redis::cmd("INFO")).await?;
+        let (mut bytes, mut evictions) = (0u64, 0u64);
         for_each_text(&reply, &mut |text| {
             for line in text.lines() {
-                if let Some(v) = line.trim().strip_prefix("used_memory_dataset:") {
+                let line = line.trim();
+                if let Some(v) = line.strip_prefix("used_memory_dataset:") {
                     bytes += v.trim().parse::<u64>().unwrap_or(0);
+                } else if let Some(v) = line.strip_prefix("evicted_keys:") {
+                    evictions += v.trim().parse::<u64>().unwrap_or(0);
                 }
             }
         });
         self.entries.store(entries, Ordering::Relaxed);
         self.bytes.store(bytes, Ordering::Relaxed);
-        Ok(StoreStats { entries, bytes })
+        self.evictions.store(evictions, Ordering::Relaxed);
+        Ok(StoreStats {
+            entries,
+            bytes,
+            evictions,
+        })
     }
 
     async fn put_raw(&self, key: &CacheKey, ttl: Duration, bytes: &[u8]) -> Result<(), StoreError> {
@@ -646,6 +656,7 @@ impl CacheStore for RedisStore {
         StoreStats {
             entries: self.shared.entries.load(Ordering::Relaxed),
             bytes: self.shared.bytes.load(Ordering::Relaxed),
+            evictions: self.shared.evictions.load(Ordering::Relaxed),
         }
     }
 }

@@ -13,6 +13,9 @@ pub struct Service {
     child: Child,
     /// `http://127.0.0.1:PORT`, as the process printed it.
     pub url: String,
+    /// The admin listener's `http://127.0.0.1:PORT`, when the process printed one
+    /// (`prefixcache admin listening on http://ADDR/dashboard`, before its main line).
+    pub admin_url: Option<String>,
     name: String,
 }
 
@@ -38,6 +41,7 @@ impl Service {
             panic!("{name}: stdout was not captured");
         };
         let (tx, rx) = mpsc::channel();
+        let (admin_tx, admin_rx) = mpsc::channel();
         // Reads stdout for the process's whole life so it never blocks on a full pipe;
         // ends when the process closes stdout.
         std::thread::spawn(move || {
@@ -45,7 +49,15 @@ impl Service {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[child stdout] {line}");
-                if !sent && let Some(i) = line.find("listening on http://") {
+                if !sent && let Some(i) = line.find("admin listening on http://") {
+                    let url = line[i + "admin listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches("/dashboard")
+                        .to_string();
+                    let _ = admin_tx.send(url);
+                } else if !sent && let Some(i) = line.find("listening on http://") {
                     let url = line[i + "listening on ".len()..]
                         .split_whitespace()
                         .next()
@@ -57,7 +69,13 @@ impl Service {
             }
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => Service { child, url, name },
+            Ok(url) => Service {
+                child,
+                url,
+                // Printed before the main address, so it is in the channel by now.
+                admin_url: admin_rx.try_recv().ok(),
+                name,
+            },
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();

@@ -153,6 +153,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let addr = listener.local_addr().context("reading the bound address")?;
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().context("reading the bound admin address")?),
+        None => None,
+    };
+    // The bound addresses (not port 0) are what the dashboard tells callers to use.
+    let mut config = config;
+    config.listen = addr;
+    config.admin.listen = admin_addr.or(config.admin.listen);
     let state = AppState::new(config.clone(), opened.store.clone(), clock, &secret)?
         .with_guard(opened.guard.clone());
     tracing::info!(
@@ -163,9 +171,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         data_dir = %config.store.data_dir.display(),
         "prefixcache listening"
     );
-    // Machine-readable, for scripts that start us on port 0.
+    // Machine-readable, for scripts that start us on port 0 (the admin line first).
     #[allow(clippy::print_stdout)]
     {
+        if let Some(admin) = admin_addr {
+            println!("prefixcache admin listening on http://{admin}/dashboard");
+        }
         println!("prefixcache listening on http://{addr}");
     }
     prefixcache_proxy::serve(state, listener, admin_listener, shutdown_signal()).await?;

@@ -38,6 +38,8 @@ pub struct Setup {
     pub clock: ManualClock,
     /// Point the proxy at this upstream instead of the mock.
     pub upstream: Option<String>,
+    /// Serve the admin routes on a listener of their own (`Harness::admin_url`).
+    pub admin_listener: bool,
 }
 
 impl Default for Setup {
@@ -48,6 +50,7 @@ impl Default for Setup {
             store: None,
             clock: ManualClock::new(1_800_000_000_000),
             upstream: None,
+            admin_listener: false,
         }
     }
 }
@@ -73,12 +76,19 @@ impl Setup {
         self.upstream = Some(url.to_string());
         self
     }
+    /// An admin listener of its own (`admin.listen`), as `Harness::admin_url`.
+    pub fn admin_listener(mut self) -> Self {
+        self.admin_listener = true;
+        self
+    }
 }
 
 /// A running mock upstream and proxy.
 pub struct Harness {
     pub mock: MockServer,
     pub url: String,
+    /// The admin listener, with [`Setup::admin_listener`].
+    pub admin_url: Option<String>,
     pub state: AppState,
     pub clock: ManualClock,
     pub client: reqwest::Client,
@@ -90,8 +100,13 @@ impl Harness {
     pub async fn start(setup: Setup) -> Harness {
         let mock = spawn_local(setup.mock).await.unwrap();
         let upstream = setup.upstream.clone().unwrap_or_else(|| mock.url());
+        let admin = if setup.admin_listener {
+            "[admin]\nlisten = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        };
         let toml = format!(
-            "upstream = \"{upstream}\"\nlisten = \"127.0.0.1:0\"\n{}",
+            "upstream = \"{upstream}\"\nlisten = \"127.0.0.1:0\"\n{}\n{admin}",
             setup.toml
         );
         let config = Config::load(Layers {
@@ -107,11 +122,19 @@ impl Harness {
         let state = AppState::new(config, store, clock_dyn, SECRET).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let admin_listener = if setup.admin_listener {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let admin_url = admin_listener
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().unwrap()));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(prefixcache_proxy::serve(
             state.clone(),
             listener,
-            None,
+            admin_listener,
             async move {
                 let _ = stopped.await;
             },
@@ -119,6 +142,7 @@ impl Harness {
         Harness {
             mock,
             url,
+            admin_url,
             state,
             clock,
             client: reqwest::Client::new(),

@@ -113,12 +113,15 @@ async fn disk_evicts_soonest_expiring_first_and_stays_within_budget() {
         "survivors form a suffix"
     );
     assert_eq!((200 - first) as u64, stats.entries);
+    // Every entry that went was evicted for room (none had expired).
+    assert_eq!(stats.evictions, 200 - stats.entries, "{stats:?}");
 
     // An entry too large for the budget is not stored and evicts nothing.
     let big = entry(now, 10 * HOUR_MS, noise(BUDGET as usize / 2, 3));
     store.put(&keys.key("evict", 1000), &big).await.unwrap();
     assert_eq!(store.get(&keys.key("evict", 1000)).await.unwrap(), None);
     assert_eq!(store.stats().entries, stats.entries);
+    assert_eq!(store.stats().evictions, stats.evictions);
 }
 
 #[tokio::test]
@@ -147,6 +150,11 @@ async fn disk_sweeps_expired_entries_on_later_writes() {
         store.stats().entries,
         1,
         "expired rows swept without being read"
+    );
+    assert_eq!(
+        store.stats().evictions,
+        0,
+        "expired entries are not evictions"
     );
     for i in 0..50 {
         assert!(

@@ -47,6 +47,10 @@ async fn memory_stays_within_its_byte_bound() {
     let stats = store.stats();
     assert!(stats.bytes <= MAX, "{stats:?}");
     assert!(stats.entries >= 10 && stats.entries < 100, "{stats:?}");
+    assert!(
+        stats.evictions > 0,
+        "entries dropped for room are counted: {stats:?}"
+    );
     // An entry heavier than the whole capacity is not kept at all.
     let huge = entry(clock.now_ms(), HOUR_MS, noise(2 << 20, 9));
     let k = keys.key("huge", 0);
