@@ -35,6 +35,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// No delay by default: a process run by hand stops at once; orchestrated deployments
+/// set it (the container manifests in `deploy/` use 5 s).
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
 pub const DEFAULT_DATA_DIR: &str = ".prefixcache";
 pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_DISK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
@@ -58,13 +61,19 @@ const ENV_SECTIONS: [&str; 5] = ["store", "cache", "log", "admin", "pricing"];
 /// Every scalar key an environment variable may set. Other `PREFIXCACHE_*` variables
 /// belong to other tools (`PREFIXCACHE_PYTHON` of the test suite, `PREFIXCACHE_REPLAY_*`
 /// of `replay --live`): they are reported in [`Config::ignored_env`], not rejected.
-pub const ENV_KEYS: [&str; 26] = [
+pub const ENV_KEYS: [&str; 32] = [
     "listen",
     "upstream",
     "upstream_api_key",
     "upstream_timeout",
     "connect_timeout",
+    "upstream_proxy",
+    "upstream_ca_file",
+    "upstream_native_roots",
+    "upstream_client_cert",
+    "upstream_client_key",
     "drain_timeout",
+    "shutdown_delay",
     "max_body_bytes",
     "store.kind",
     "store.data_dir",
@@ -217,7 +226,13 @@ struct RawConfig {
     upstream_api_key: Option<String>,
     upstream_timeout: Option<Scalar>,
     connect_timeout: Option<Scalar>,
+    upstream_proxy: Option<String>,
+    upstream_ca_file: Option<String>,
+    upstream_native_roots: Option<bool>,
+    upstream_client_cert: Option<String>,
+    upstream_client_key: Option<String>,
     drain_timeout: Option<Scalar>,
+    shutdown_delay: Option<Scalar>,
     max_body_bytes: Option<Scalar>,
     store: RawStore,
     cache: RawCache,
@@ -465,8 +480,13 @@ pub struct Config {
     pub upstream_api_key: Option<String>,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How the upstream is reached: HTTP(S) proxy, trusted CAs, client certificate.
+    pub egress: Egress,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the proxy keeps serving with `/readyz` failing before it
+    /// stops accepting: the time a load balancer needs to stop sending it traffic.
+    pub shutdown_delay: Duration,
     pub max_body_bytes: u64,
     pub store: StoreConfig,
     pub cache: CacheConfig,
@@ -524,6 +544,85 @@ pub fn redact_url(url: &str) -> String {
     match scheme {
         Some(s) => format!("{s}://{host}{path}"),
         None => format!("{host}{path}"),
+    }
+}
+
+/// Which HTTP(S) proxy, if any, upstream calls go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamProxy {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` (or their lower-case forms) and
+    /// `NO_PROXY` from the environment, as curl reads them (the default).
+    FromEnv,
+    /// Direct connections, whatever the environment says (`upstream_proxy = "none"`).
+    Off,
+    /// This proxy for every upstream call but the hosts `NO_PROXY` names.
+    Url(String),
+}
+
+/// How the proxy reaches its upstream: the proxy in between, whose certificates it
+/// trusts, and the certificate it presents. The files are read when the upstream client
+/// is built (at start-up), not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    pub proxy: UpstreamProxy,
+    /// Extra trusted CA certificates (PEM bundle), beside the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Also trust the operating system's certificate store.
+    pub native_roots: bool,
+    /// Client certificate chain (PEM) for an mTLS upstream, with its key.
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl Egress {
+    fn validate(raw: &RawConfig) -> Result<Egress, ConfigError> {
+        let proxy = match raw.upstream_proxy.as_deref().map(str::trim) {
+            None | Some("") => UpstreamProxy::FromEnv,
+            Some("none") => UpstreamProxy::Off,
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::key(
+                        "upstream_proxy",
+                        format!(
+                            "expected an http:// or https:// proxy URL, or \"none\", got {:?}",
+                            redact_url(url)
+                        ),
+                    ));
+                }
+                UpstreamProxy::Url(url.to_string())
+            }
+        };
+        let path = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        };
+        let client_cert = path(&raw.upstream_client_cert);
+        let client_key = path(&raw.upstream_client_key);
+        match (&client_cert, &client_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::key(
+                    "upstream_client_key",
+                    "is required with upstream_client_cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::key(
+                    "upstream_client_cert",
+                    "is required with upstream_client_key",
+                ));
+            }
+            _ => {}
+        }
+        Ok(Egress {
+            proxy,
+            ca_file: path(&raw.upstream_ca_file),
+            native_roots: raw.upstream_native_roots.unwrap_or(false),
+            client_cert,
+            client_key,
+        })
     }
 }
 
@@ -750,6 +849,13 @@ impl RawConfig {
             Scalar::duration,
             DEFAULT_DRAIN_TIMEOUT,
         )?;
+        let shutdown_delay = opt(
+            &self.shutdown_delay,
+            "shutdown_delay",
+            Scalar::duration,
+            DEFAULT_SHUTDOWN_DELAY,
+        )?;
+        let egress = Egress::validate(&self)?;
         let max_body_bytes = opt(
             &self.max_body_bytes,
             "max_body_bytes",
@@ -935,7 +1041,9 @@ impl RawConfig {
             upstream_api_key: self.upstream_api_key.filter(|k| !k.is_empty()),
             upstream_timeout,
             connect_timeout,
+            egress,
             drain_timeout,
+            shutdown_delay,
             max_body_bytes,
             store,
             cache,
@@ -1136,14 +1244,29 @@ mod tests {
             "cache.tenant_secret" => "0123456789abcdef-0123",
             "log.format" => "json",
             "log.keep" => "3",
+            "upstream_proxy" => "http://127.0.0.1:3128",
+            "upstream_native_roots" => "true",
+            "shutdown_delay" => "5s",
             k if k.ends_with("bytes") => "1MiB",
             k if k.ends_with("timeout") || k.ends_with("ttl") => "5s",
             _ => "some-value",
         };
+        let var_of =
+            |key: &str| format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase());
         for key in ENV_KEYS {
-            let var = format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase());
+            let var = var_of(key);
+            let mut env = vec![(var.clone(), sample(key).to_string())];
+            // A client certificate and its key only make sense together.
+            let partner = match key {
+                "upstream_client_cert" => Some("upstream_client_key"),
+                "upstream_client_key" => Some("upstream_client_cert"),
+                _ => None,
+            };
+            if let Some(p) = partner {
+                env.push((var_of(p), sample(p).to_string()));
+            }
             let c = Config::load(Layers {
-                env: vec![(var.clone(), sample(key).into())],
+                env,
                 ..Default::default()
             })
             .unwrap_or_else(|e| panic!("{var}: {e}"));
@@ -1343,6 +1466,43 @@ output = 8.0
             .unwrap_err()
             .to_string();
         assert!(e.contains("cache.tenant_headers"), "{e}");
+    }
+
+    #[test]
+    fn egress_settings_are_validated() {
+        let d = Config::defaults();
+        assert_eq!(d.egress.proxy, UpstreamProxy::FromEnv);
+        assert!(!d.egress.native_roots && d.egress.ca_file.is_none());
+        assert_eq!(d.shutdown_delay, Duration::ZERO);
+        let c = load(
+            "upstream_proxy = \"http://user:pw@proxy.corp:3128\"\nupstream_ca_file = \"/etc/ca.pem\"\n\
+             upstream_native_roots = true\nupstream_client_cert = \"c.pem\"\nupstream_client_key = \"k.pem\"\n\
+             shutdown_delay = \"5s\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.egress.proxy,
+            UpstreamProxy::Url("http://user:pw@proxy.corp:3128".into())
+        );
+        assert_eq!(c.egress.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(c.egress.native_roots);
+        assert_eq!(c.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(
+            load("upstream_proxy = \"none\"").unwrap().egress.proxy,
+            UpstreamProxy::Off
+        );
+        let e = load("upstream_proxy = \"socks5://u:secret@h:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_proxy") && !e.contains("secret"), "{e}");
+        let e = load("upstream_client_cert = \"c.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_client_key"), "{e}");
+        let e = load("upstream_client_key = \"k.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_client_cert"), "{e}");
     }
 
     #[test]

@@ -380,6 +380,25 @@ impl Metrics {
         }
     }
 
+    /// Creates every `requests_total` series of these strategies at 0. Prometheus's
+    /// `rate()` needs a series to exist before it grows: a series born at its first
+    /// request would hide that request from the hit-ratio rules, and a replica that
+    /// never had a hit would have no hit series at all, so the ratio (and its alert)
+    /// would be empty instead of 0.
+    pub fn init_request_series(&self, strategies: impl IntoIterator<Item = &'static str>) {
+        for strategy in strategies {
+            for route in ROUTES {
+                for status in STATUSES {
+                    let _created = self.requests.get_or_create(&RequestLabels {
+                        route,
+                        strategy,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+
     /// Records one finished request.
     pub fn request(
         &self,

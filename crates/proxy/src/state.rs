@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::reqlog::RequestLog;
 use crate::tenant::Tenancy;
-use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::upstream::{SetupError, UpstreamClient};
 use crate::warnings::LintMemo;
 
 /// Shared, cheaply clonable handle to the proxy's state.
@@ -47,6 +48,8 @@ pub struct Inner {
     pub dashboard: Dashboard,
     /// Owns upstream-reading and store-writing tasks; waited for at shutdown.
     pub tasks: TaskTracker,
+    /// Whether the process is shutting down (`/readyz` then fails).
+    pub readiness: Readiness,
     /// The request log (`log.path`), if enabled.
     pub request_log: Option<RequestLog>,
     /// Which static prefixes are long enough for the provider's prompt cache.
@@ -82,6 +85,25 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Whether this replica should get new traffic. It stops being ready once shutdown
+/// begins, while it still serves, so load balancers and Kubernetes move traffic away
+/// before the listener closes (`shutdown_delay`).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    /// From now on `/readyz` answers 503.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
 /// The `result` label of a successful store operation.
 trait StoreResult {
     fn label(&self) -> &'static str;
@@ -103,7 +125,7 @@ impl StoreResult for () {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("upstream client: {0}")]
-    Upstream(#[from] UpstreamError),
+    Upstream(#[from] SetupError),
     #[error("pricing: {0}")]
     Pricing(String),
     #[error("cache.tenant_headers: {0:?} is not a valid header name")]
@@ -177,6 +199,7 @@ impl AppState {
             })
             .collect();
         let metrics = Metrics::new();
+        metrics.init_request_series(strategy_labels.values().copied());
         let dashboard = Dashboard::new(
             config
                 .strategies
@@ -197,6 +220,7 @@ impl AppState {
                 metrics,
                 dashboard,
                 tasks: TaskTracker::new(),
+                readiness: Readiness::default(),
                 request_log,
                 cacheable: CacheableMemo::new(crate::accounting::CACHEABLE_MEMO_ENTRIES),
                 prices,
