@@ -135,7 +135,8 @@ struct Handshake {
 struct TlsUpstream {
     addr: SocketAddr,
     handshakes: Arc<Mutex<Vec<Handshake>>>,
-    _task: tokio::task::JoinHandle<()>,
+    /// The accept loop, which owns the connections' tasks; aborted on drop.
+    _task: tokio::task::JoinSet<()>,
 }
 
 impl TlsUpstream {
@@ -172,13 +173,15 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(Mutex::new(Vec::new()));
         let seen = handshakes.clone();
-        let task = tokio::spawn(async move {
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     break;
                 };
                 let (acceptor, seen) = (acceptor.clone(), seen.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     // A refused handshake (unknown CA, no client certificate) just ends.
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -243,7 +246,7 @@ impl Tinyproxy {
             ),
         )
         .unwrap();
-        let child = Command::new("tinyproxy")
+        let mut child = Command::new("tinyproxy")
             .arg("-d")
             .arg("-c")
             .arg(&conf)
@@ -258,6 +261,8 @@ impl Tinyproxy {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("tinyproxy did not listen on {port} within 30 s");
     }
 
