@@ -658,6 +658,10 @@ pub enum BreakpointKind {
     /// The end of the latest non-assistant message: where OpenAI's implicit breakpoint
     /// sits when `prompt_cache_options.mode` is `implicit` (the default).
     Implicit,
+    /// The end of an earlier non-assistant message: where an earlier turn of the
+    /// conversation had its implicit breakpoint. Looked up ("the latest 80 breakpoints in
+    /// the conversation"), never written by this request.
+    Inherited,
 }
 
 /// What the prompt-cache simulation needs of a prompt, computed once per distinct request.
@@ -704,7 +708,8 @@ impl PromptInfo {
     }
 
     /// [`PromptInfo::new`] with the breakpoints at `marks` (in order of position): one
-    /// per explicit mark, and an implicit one at the last eligible message end.
+    /// per explicit mark, an implicit one at the last eligible message end, and an
+    /// inherited (read-only) one at every earlier eligible message end.
     pub fn with_marks(
         tokens: &[u32],
         marks: &[Mark],
@@ -728,7 +733,8 @@ impl PromptInfo {
                     MarkKind::MessageEnd { .. } if Some(*next) == implicit_at => {
                         Some(BreakpointKind::Implicit)
                     }
-                    MarkKind::MessageEnd { .. } => None,
+                    MarkKind::MessageEnd { eligible: true } => Some(BreakpointKind::Inherited),
+                    MarkKind::MessageEnd { eligible: false } => None,
                 };
                 // A mark at 0 tokens ends an empty prefix: nothing to cache.
                 if let Some(kind) = kind.filter(|_| m.pos == pos && pos > 0) {
@@ -1065,7 +1071,8 @@ mod tests {
                 },
             ]
         );
-        // The implicit breakpoint is the user message's end, not the assistant's.
+        // The implicit breakpoint is the user message's end, not the assistant's; the
+        // system message's end is where an earlier turn's implicit one sat.
         let info = PromptInfo::with_marks(&seqs[0].tokens, &seqs[0].marks, 128, 256, None);
         let kinds: Vec<(u64, BreakpointKind)> = info
             .breakpoints
@@ -1077,6 +1084,7 @@ mod tests {
             vec![
                 (p1, BreakpointKind::Explicit(None)),
                 (p2, BreakpointKind::Explicit(Some(CacheTtl::Hour12))),
+                (sys_end, BreakpointKind::Inherited),
                 (user_end, BreakpointKind::Implicit),
             ]
         );
