@@ -1051,14 +1051,22 @@ mod tests {
         };
         let p2 = marked(&turn2, &[user_end(1200), user_end(1500), asst_end, user_end(1800)]);
         assert_eq!(served(&mut s, &p2, IMPLICIT_30M), (1500, 300));
-        // Explicit mode writes no implicit entry, but still reads an inherited one.
+        // Explicit mode writes no implicit entry, but a request with a marker still reads
+        // an inherited one.
         let mut turn3 = turn2.clone();
         turn3.extend(seq(800_000, 200));
         let p3 = marked(
             &turn3,
-            &[user_end(1200), user_end(1500), asst_end, user_end(1800), user_end(2000)],
+            &[
+                user_end(1200),
+                user_end(1500),
+                asst_end,
+                user_end(1800),
+                explicit(2000, None),
+                user_end(2000),
+            ],
         );
-        assert_eq!(served(&mut s, &p3, EXPLICIT_30M), (1800, 0));
+        assert_eq!(served(&mut s, &p3, EXPLICIT_30M), (1800, 200));
     }
 
     #[test]
