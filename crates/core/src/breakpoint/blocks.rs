@@ -111,6 +111,31 @@ pub struct Blocks<'a> {
     pub caller_explicit_mode: bool,
 }
 
+/// What the learner reads of a request's blocks, owned (replay keeps it per logged
+/// request without the body).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outline {
+    pub chains: Vec<u64>,
+    pub marks: Vec<Option<BlockPath>>,
+    pub implicit_end: Option<usize>,
+    pub continues: bool,
+    pub caller_breakpoints: bool,
+    pub caller_explicit_mode: bool,
+}
+
+impl Blocks<'_> {
+    pub fn outline(&self) -> Outline {
+        Outline {
+            chains: self.blocks.iter().map(|b| b.chain).collect(),
+            marks: self.blocks.iter().map(|b| b.mark).collect(),
+            implicit_end: self.implicit_end,
+            continues: self.continues,
+            caller_breakpoints: self.caller_breakpoints,
+            caller_explicit_mode: self.caller_explicit_mode,
+        }
+    }
+}
+
 fn digest(parts: &[&[u8]]) -> u64 {
     let mut h = blake3::Hasher::new_derive_key("prefixcache breakpoint block v1");
     for p in parts {

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::blocks::{BlockPath, Blocks, Content};
+use super::blocks::{BlockPath, Blocks, Content, Outline};
 use super::cost::{Baseline, TokenRates, expected_value};
 use crate::tokenizer::Encoding;
 
@@ -69,10 +69,11 @@ impl Rules {
     }
 }
 
-/// Counts the prompt tokens of blocks (the tokenizer, or exact positions in replay).
+/// Counts the prompt tokens up to the end of a block (the tokenizer, or exact positions
+/// in replay).
 pub trait BlockTokens {
-    /// Tokens of block `i` of the request, framing included.
-    fn tokens(&mut self, i: usize) -> u64;
+    /// Prompt tokens from the start to the end of block `i`, framing included.
+    fn through(&mut self, i: usize) -> u64;
 }
 
 /// Counts block tokens with an encoding: the block's text, its JSON for other content,
@@ -85,19 +86,21 @@ pub struct EncodingCounter<'b, 'a> {
 }
 
 impl BlockTokens for EncodingCounter<'_, '_> {
-    fn tokens(&mut self, i: usize) -> u64 {
-        let Some(b) = self.blocks.blocks.get(i) else {
-            return 0;
-        };
-        let content = match b.content {
-            Content::Text(t) => self.encoding.count(t) as u64,
-            Content::Json(v) => {
-                let text = String::from_utf8_lossy(&crate::key::canonical_value(v)).into_owned();
-                self.encoding.count(&text) as u64
-            }
-            Content::Tokens(n) => u64::from(n),
-        };
-        content + u64::from(b.framing)
+    fn through(&mut self, i: usize) -> u64 {
+        let mut total = 0u64;
+        for b in self.blocks.blocks.iter().take(i + 1) {
+            let content = match b.content {
+                Content::Text(t) => self.encoding.count(t) as u64,
+                Content::Json(v) => {
+                    let text =
+                        String::from_utf8_lossy(&crate::key::canonical_value(v)).into_owned();
+                    self.encoding.count(&text) as u64
+                }
+                Content::Tokens(n) => u64::from(n),
+            };
+            total += content + u64::from(b.framing);
+        }
+        total
     }
 }
 
@@ -218,23 +221,13 @@ impl ScopeState {
         }
     }
 
-    /// Tokens through block `b`, counting (and remembering) only blocks not known yet.
+    /// Tokens through block `b`, counted once per distinct prefix: a family's stable
+    /// prefix recurs, so it is tokenized once.
     fn tokens_through(&mut self, chains: &[u64], b: usize, count: &mut dyn BlockTokens) -> u64 {
         if let Some(&(_, t)) = self.tokens.iter().find(|(c, _)| *c == chains[b]) {
             return t;
         }
-        // The deepest remembered prefix of this chain, then count from there.
-        let (mut from, mut total) = (0usize, 0u64);
-        for i in (0..b).rev() {
-            if let Some(&(_, t)) = self.tokens.iter().find(|(c, _)| *c == chains[i]) {
-                from = i + 1;
-                total = t;
-                break;
-            }
-        }
-        for i in from..=b {
-            total += count.tokens(i);
-        }
+        let total = count.through(b);
         if self.tokens.len() >= TOKEN_MEMO {
             self.tokens.remove(0);
         }
@@ -298,6 +291,18 @@ impl Learner {
         rules: &Rules,
         count: &mut dyn BlockTokens,
     ) -> Plan {
+        self.plan_outline(scope, &blocks.outline(), now_ms, rules, count)
+    }
+
+    /// [`Learner::plan`] on a request's [`Outline`].
+    pub fn plan_outline(
+        &mut self,
+        scope: Scope,
+        blocks: &Outline,
+        now_ms: u64,
+        rules: &Rules,
+        count: &mut dyn BlockTokens,
+    ) -> Plan {
         if !self.scopes.contains_key(&scope) && self.scopes.len() >= self.max_scopes {
             let idle = self
                 .scopes
@@ -309,7 +314,7 @@ impl Learner {
             }
         }
         let st = self.scopes.entry(scope).or_default();
-        let chains: Vec<u64> = blocks.blocks.iter().map(|b| b.chain).collect();
+        let chains: &[u64] = &blocks.chains;
 
         // The deepest block shared with a recent request that is not an earlier turn of
         // this conversation, and how many share it; whether one is an earlier turn.
@@ -320,7 +325,7 @@ impl Learner {
             let lcp = r
                 .chain
                 .iter()
-                .zip(&chains)
+                .zip(chains)
                 .take_while(|(a, b)| a == b)
                 .count();
             let ancestor = lcp == r.chain.len() && lcp > 0;
@@ -342,11 +347,11 @@ impl Learner {
         }
         let candidate = (0..shared)
             .rev()
-            .find_map(|i| blocks.blocks[i].mark.map(|p| (i, p)));
+            .find_map(|i| blocks.marks[i].map(|p| (i, p)));
         let boundary = candidate.map(|(b, path)| Boundary {
             block: b,
             path,
-            tokens: st.tokens_through(&chains, b, count),
+            tokens: st.tokens_through(chains, b, count),
             support: support.max(1),
         });
 
@@ -373,7 +378,7 @@ impl Learner {
         }
         st.recent.push_back(Seen {
             at_ms: now_ms,
-            chain: chains.into_boxed_slice(),
+            chain: chains.into(),
         });
         if st.recent.len() > RECENT {
             st.recent.pop_front();
@@ -462,8 +467,8 @@ mod tests {
     /// Counts every block as 600 tokens.
     struct Flat;
     impl BlockTokens for Flat {
-        fn tokens(&mut self, _: usize) -> u64 {
-            600
+        fn through(&mut self, i: usize) -> u64 {
+            600 * (i as u64 + 1)
         }
     }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::prompt::{BreakpointKind, CacheTtl, PromptInfo};
+use super::prompt::{Breakpoint, BreakpointKind, CacheTtl, PromptInfo};
 use super::rng::SplitMix64;
 
 const MINUTE_MS: u64 = 60_000;
@@ -258,9 +258,31 @@ impl PromptCacheSim {
         request_ttl: CacheTtl,
         now_ms: u64,
     ) -> CacheOutcome {
+        self.serve_breakpoint_list(
+            prompt.tokens,
+            &prompt.breakpoints,
+            route,
+            mode,
+            request_ttl,
+            now_ms,
+        )
+    }
+
+    /// [`PromptCacheSim::serve_breakpoints`] on a prompt's parts: its length and its
+    /// breakpoints in order of position (replay adds the proxy's breakpoint to a
+    /// logged prompt's without rebuilding it).
+    pub fn serve_breakpoint_list(
+        &mut self,
+        tokens: u64,
+        breakpoints: &[Breakpoint],
+        route: u64,
+        mode: BreakpointMode,
+        request_ttl: CacheTtl,
+        now_ms: u64,
+    ) -> CacheOutcome {
         let now = now_ms;
         self.stats.lookups += 1;
-        self.stats.prompt_tokens += prompt.tokens;
+        self.stats.prompt_tokens += tokens;
         if !self.config.enabled {
             return CacheOutcome::default();
         }
@@ -276,7 +298,7 @@ impl PromptCacheSim {
             Inherited,
         }
         let mut eligible: Vec<(u64, u64, CacheTtl, Role)> = Vec::new();
-        for b in prompt.breakpoints.iter().filter(|b| b.tokens >= min) {
+        for b in breakpoints.iter().filter(|b| b.tokens >= min) {
             let (ttl, role) = match b.kind {
                 BreakpointKind::Explicit(ttl) => (ttl.unwrap_or(request_ttl), Role::Explicit),
                 BreakpointKind::Implicit if mode == BreakpointMode::Implicit => {
@@ -302,8 +324,7 @@ impl PromptCacheSim {
         // "If there are no explicit breakpoints, the request does not use prompt
         // caching" in explicit mode: no read either.
         if mode == BreakpointMode::Explicit
-            && !prompt
-                .breakpoints
+            && !breakpoints
                 .iter()
                 .any(|b| matches!(b.kind, BreakpointKind::Explicit(_)))
         {
