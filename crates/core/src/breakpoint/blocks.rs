@@ -109,6 +109,8 @@ pub struct Blocks<'a> {
     pub caller_breakpoints: bool,
     /// The caller set `prompt_cache_options.mode: "explicit"` (only its own breakpoints).
     pub caller_explicit_mode: bool,
+    /// Index of the last block of the first user message.
+    pub first_user_end: Option<usize>,
 }
 
 /// What the learner reads of a request's blocks, owned (replay keeps it per logged
@@ -121,6 +123,8 @@ pub struct Outline {
     pub continues: bool,
     pub caller_breakpoints: bool,
     pub caller_explicit_mode: bool,
+    /// Identifies the conversation (see [`Blocks::first_user_end`]).
+    pub conversation: Option<u64>,
 }
 
 impl Blocks<'_> {
@@ -132,8 +136,18 @@ impl Blocks<'_> {
             continues: self.continues,
             caller_breakpoints: self.caller_breakpoints,
             caller_explicit_mode: self.caller_explicit_mode,
+            conversation: conversation_of(
+                &self.blocks.iter().map(|b| b.chain).collect::<Vec<_>>(),
+                self.first_user_end,
+            ),
         }
     }
+}
+
+/// Identifies a request's conversation: the prompt up to the end of its first user
+/// message (what `prompt_cache_key = "conversation"` is derived from), `None` without one.
+fn conversation_of(chains: &[u64], first_user_end: Option<usize>) -> Option<u64> {
+    first_user_end.and_then(|i| chains.get(i).copied())
 }
 
 fn digest(parts: &[&[u8]]) -> u64 {
@@ -195,6 +209,7 @@ pub fn request_blocks<'a>(route: Route, body: &'a Map<String, Value>) -> Blocks<
                     let d = digest(&[b"user", s.as_bytes()]);
                     b.push(d, None, Content::Text(s), 4);
                     b.out.implicit_end = b.out.blocks.len().checked_sub(1);
+                    b.out.first_user_end = b.out.implicit_end;
                 }
                 Some(Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
@@ -300,6 +315,9 @@ fn message<'a>(b: &mut Builder<'a>, list: List, item: usize, m: &'a Value) {
     }
     if markable {
         b.out.implicit_end = b.out.blocks.len().checked_sub(1);
+    }
+    if role == "user" && b.out.first_user_end.is_none() {
+        b.out.first_user_end = b.out.blocks.len().checked_sub(1);
     }
 }
 

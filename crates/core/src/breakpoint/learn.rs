@@ -31,6 +31,8 @@ pub const RECENT: usize = 8;
 const WINDOW: u32 = 64;
 /// Token counts of stable prefixes remembered per scope.
 const TOKEN_MEMO: usize = 64;
+/// Conversations whose key shape is remembered per scope.
+const CONVERSATIONS: usize = 256;
 
 /// Whose traffic a decision learns from: a tenant namespace and a prefix family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,6 +194,9 @@ struct ScopeState {
     /// Times of the latest requests, for the rate.
     times: VecDeque<u64>,
     tokens: Vec<(u64, u64)>,
+    /// The key shape each recent conversation started with: a conversation keeps its
+    /// key (and so its machine) for life, whatever the scope's shape becomes.
+    conversations: VecDeque<(u64, KeyShape)>,
     last_boundary: Option<Boundary>,
     last_value: f64,
 }
@@ -214,7 +219,7 @@ impl ScopeState {
 
     fn shape(&self, rules: &Rules) -> KeyShape {
         let conversational = self.observed > 0 && self.continuations * 4 >= self.observed;
-        if conversational && self.rpm() >= 0.8 * rules.overflow_rpm {
+        if conversational && self.rpm() >= rules.overflow_rpm {
             KeyShape::Conversation
         } else {
             KeyShape::Family
@@ -385,7 +390,18 @@ impl Learner {
         }
 
         let recurrence = st.recurrence();
-        let shape = st.shape(rules);
+        let mut shape = st.shape(rules);
+        if let Some(id) = blocks.conversation {
+            match st.conversations.iter().find(|(c, _)| *c == id) {
+                Some((_, kept)) => shape = *kept,
+                None => {
+                    if st.conversations.len() >= CONVERSATIONS {
+                        st.conversations.pop_front();
+                    }
+                    st.conversations.push_back((id, shape));
+                }
+            }
+        }
         let (decision, value) = match boundary {
             _ if blocks.caller_breakpoints => (Decision::Caller, 0.0),
             _ if blocks.caller_explicit_mode => (Decision::CallerExplicitMode, 0.0),
