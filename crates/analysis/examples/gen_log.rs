@@ -250,8 +250,11 @@ fn main() -> std::io::Result<()> {
                 let (id, history) = &mut conversations[c];
                 let turn = history.len() as u64;
                 history.push(json!({"role": "user", "content": format!("Turn {turn} of {id}: {}", text(5_000_000 + *id * 64 + turn, 50))}));
-                let body = json!({"model": "gpt-5.6-luna", "temperature": 0, "messages": history.clone()});
-                history.push(json!({"role": "assistant", "content": text(6_000_000 + *id * 64 + turn, 120)}));
+                let body =
+                    json!({"model": "gpt-5.6-luna", "temperature": 0, "messages": history.clone()});
+                history.push(
+                    json!({"role": "assistant", "content": text(6_000_000 + *id * 64 + turn, 120)}),
+                );
                 let item = *id * 64 + turn;
                 if history.len() > 17 {
                     conversations.swap_remove(c);

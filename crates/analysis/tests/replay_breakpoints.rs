@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 
 fn words(seed: usize, n: usize) -> String {
     const W: [&str; 12] = [
-        "clause", "payment", "delivery", "supplier", "term", "days", "within", "invoice",
-        "party", "agrees", "shall", "notice",
+        "clause", "payment", "delivery", "supplier", "term", "days", "within", "invoice", "party",
+        "agrees", "shall", "notice",
     ];
     (0..n)
         .map(|i| W[(seed * 31 + i * 7 + i / 3) % W.len()])
@@ -47,16 +47,27 @@ fn write_log() -> tempfile::NamedTempFile {
     for i in 0..120usize {
         let ts = t0 + i as i64 * 4000;
         // An agent task every 4 s: one family, single turn.
-        lines.push(line(ts, "agent", "aa", "gpt-5.6-terra", json!({"model": "gpt-5.6-terra",
+        lines.push(line(
+            ts,
+            "agent",
+            "aa",
+            "gpt-5.6-terra",
+            json!({"model": "gpt-5.6-terra",
             "temperature": 0, "messages": [
                 {"role": "developer", "content": agent_prompt},
-                {"role": "user", "content": format!("Task {i}: {}", words(100 + i, 40))}]})));
+                {"role": "user", "content": format!("Task {i}: {}", words(100 + i, 40))}]}),
+        ));
         // A conversation turn every 4 s, twelve conversations in turn (15 a minute).
         let c = i % 12;
         let h = &mut histories[c];
         h.push(json!({"role": "user", "content": format!("Conversation {c} asks {i}: {}", words(500 + i, 30))}));
-        lines.push(line(ts + 1000, "support", "bb", "gpt-5.6-luna",
-            json!({"model": "gpt-5.6-luna", "temperature": 0, "messages": h.clone()})));
+        lines.push(line(
+            ts + 1000,
+            "support",
+            "bb",
+            "gpt-5.6-luna",
+            json!({"model": "gpt-5.6-luna", "temperature": 0, "messages": h.clone()}),
+        ));
         h.push(json!({"role": "assistant", "content": words(900 + i, 60)}));
         if i % 10 == 0 {
             // A long prompt that never comes back.
@@ -66,10 +77,16 @@ fn write_log() -> tempfile::NamedTempFile {
                     {"role": "user", "content": "Summarize."}]})));
         }
         if i % 3 == 0 {
-            lines.push(line(ts + 3000, "classic", "dd", "gpt-4o-mini", json!({"model": "gpt-4o-mini",
+            lines.push(line(
+                ts + 3000,
+                "classic",
+                "dd",
+                "gpt-4o-mini",
+                json!({"model": "gpt-4o-mini",
                 "temperature": 0, "messages": [
                     {"role": "system", "content": classic_prompt},
-                    {"role": "user", "content": format!("Question {i}")}]})));
+                    {"role": "user", "content": format!("Question {i}")}]}),
+            ));
         }
     }
     for l in lines {
@@ -104,30 +121,52 @@ fn breakpoints_and_the_default_key_on_every_population() {
     let mut rows: Vec<(&str, &SimResult)> = vec![("overall", &r.overall[0])];
     for g in &r.groups {
         rows.push((g.name.as_str(), &g.results[0]));
-        assert_eq!((g.prompt_cache_key.as_str(), g.breakpoints.as_str()), ("auto", "auto"));
+        assert_eq!(
+            (g.prompt_cache_key.as_str(), g.breakpoints.as_str()),
+            ("auto", "auto")
+        );
     }
     for (name, res) in rows {
         let p = res.provider.as_ref().unwrap();
         // The default key is never worse than sending none, with or without breakpoints.
         assert!(p.auto.cached_share >= p.off.cached_share, "{name}: key");
-        assert!(p.auto.usd_spent <= p.off.usd_spent * 1.000_001, "{name}: key $");
+        assert!(
+            p.auto.usd_spent <= p.off.usd_spent * 1.000_001,
+            "{name}: key $"
+        );
         let b = &p.breakpoints_auto;
-        assert!(b.auto.cached_share >= b.off.cached_share, "{name}: key with breakpoints");
+        assert!(
+            b.auto.cached_share >= b.off.cached_share,
+            "{name}: key with breakpoints"
+        );
         // Breakpoints never cost more than none.
-        assert!(b.auto.usd_spent <= p.auto.usd_spent * 1.000_001, "{name}: breakpoints $");
-        assert_eq!(res.usd_spent, b.auto.usd_spent, "{name}: the strategy's own figure");
+        assert!(
+            b.auto.usd_spent <= p.auto.usd_spent * 1.000_001,
+            "{name}: breakpoints $"
+        );
+        assert_eq!(
+            res.usd_spent, b.auto.usd_spent,
+            "{name}: the strategy's own figure"
+        );
     }
     // The agent's stable prompt: written on every request without a breakpoint, read
     // with one.
     let agent = group(&r, "agent").provider.as_ref().unwrap();
-    assert!(agent.auto.cached_share < 0.05, "{}", agent.auto.cached_share);
+    assert!(
+        agent.auto.cached_share < 0.05,
+        "{}",
+        agent.auto.cached_share
+    );
     assert!(agent.breakpoints_auto.auto.cached_share > 0.9);
     assert!(agent.breakpoints_auto.auto.usd_spent < 0.5 * agent.auto.usd_spent);
     assert!(agent.breakpoints_injected >= 118);
     // One-off prompts: no breakpoint, the same figures.
     let oneoff = group(&r, "oneoff").provider.as_ref().unwrap();
     assert_eq!(oneoff.breakpoints_injected, 0);
-    assert_eq!(oneoff.breakpoints_auto.auto.usd_spent, oneoff.auto.usd_spent);
+    assert_eq!(
+        oneoff.breakpoints_auto.auto.usd_spent,
+        oneoff.auto.usd_spent
+    );
     // An older model: never a breakpoint.
     let classic = group(&r, "classic").provider.as_ref().unwrap();
     assert_eq!(classic.breakpoints_injected, 0);

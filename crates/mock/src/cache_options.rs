@@ -236,7 +236,9 @@ pub fn without_cache_markers(
         ["content", "output"].iter().any(|f| {
             item.get(*f).and_then(Value::as_array).is_some_and(|ps| {
                 one_text_part(ps).is_some()
-                    || ps.iter().any(|p| p.get("prompt_cache_breakpoint").is_some())
+                    || ps
+                        .iter()
+                        .any(|p| p.get("prompt_cache_breakpoint").is_some())
             })
         })
     };

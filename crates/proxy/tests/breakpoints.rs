@@ -25,7 +25,11 @@ fn system_prompt() -> String {
 }
 
 fn task(i: usize) -> String {
-    format!("Contract {i}: the supplier delivers {i} pallets within {} days; payment is due after {} days. Review it.", 10 + i, 20 + i)
+    format!(
+        "Contract {i}: the supplier delivers {i} pallets within {} days; payment is due after {} days. Review it.",
+        10 + i,
+        20 + i
+    )
 }
 
 fn agent_body(i: usize) -> Value {
@@ -55,7 +59,11 @@ async fn agent_run(breakpoints: &str, n: usize) -> (Vec<u64>, f64, Vec<String>) 
         assert_eq!(r.status, 200, "{:?}", r.body);
         assert_eq!(r.cache(), "MISS");
         cached_tokens.push(cached(&r));
-        headers.push(r.header("x-prefixcache-breakpoint").unwrap_or("").to_string());
+        headers.push(
+            r.header("x-prefixcache-breakpoint")
+                .unwrap_or("")
+                .to_string(),
+        );
     }
     h.settle().await;
     let m = h.metrics().await;
@@ -93,7 +101,11 @@ async fn a_stable_system_prompt_is_cached_only_with_auto_breakpoints() {
     assert!(auto_share >= 0.9, "auto: {auto:?}");
     assert!(auto_usd < off_usd, "auto {auto_usd} vs off {off_usd}");
     assert!(off_headers.iter().all(String::is_empty), "off: no header");
-    assert!(headers[0].starts_with("none; reason=not_recurring"), "{}", headers[0]);
+    assert!(
+        headers[0].starts_with("none; reason=not_recurring"),
+        "{}",
+        headers[0]
+    );
     for h in &headers[1..] {
         assert!(
             h.starts_with("injected; block=0; path=messages[0].content; tokens="),
@@ -122,8 +134,15 @@ async fn families_that_do_not_recur_within_the_ttl_get_nothing() {
         }
         h.settle().await;
         let m = h.metrics().await;
-        assert_eq!(metric(&m, "prefixcache_breakpoints_injected_total", &[]), 0.0);
-        spent.push(metric(&m, "prefixcache_cost_usd_total", &[("kind", "spent")]));
+        assert_eq!(
+            metric(&m, "prefixcache_breakpoints_injected_total", &[]),
+            0.0
+        );
+        spent.push(metric(
+            &m,
+            "prefixcache_cost_usd_total",
+            &[("kind", "spent")],
+        ));
     }
     assert_eq!(spent[0], spent[1], "auto costs nothing extra");
 }
@@ -160,7 +179,9 @@ async fn multi_turn_conversations_are_not_made_worse() {
         results.push((cached / prompt, spent));
     }
     let ((off_share, off_usd), (auto_share, auto_usd)) = (results[0], results[1]);
-    println!("conversations: off {off_share:.3} ${off_usd:.6}; auto {auto_share:.3} ${auto_usd:.6}");
+    println!(
+        "conversations: off {off_share:.3} ${off_usd:.6}; auto {auto_share:.3} ${auto_usd:.6}"
+    );
     assert!(auto_share >= off_share, "{auto_share} < {off_share}");
     assert!(auto_usd <= off_usd, "{auto_usd} > {off_usd}");
 }

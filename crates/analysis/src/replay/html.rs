@@ -332,7 +332,13 @@ fn provider_chart(rows: &[SimResult]) -> String {
     let label_w = 200.0;
     let w = WIDTH - label_w - 120.0;
     let mut o = svg_open(height);
-    let names = ["off", "conversation", "family", "auto", "auto + breakpoints"];
+    let names = [
+        "off",
+        "conversation",
+        "family",
+        "auto",
+        "auto + breakpoints",
+    ];
     for (i, r) in rows.iter().enumerate() {
         let Some(p) = &r.provider else { continue };
         let y0 = TOP + i as f64 * group_h;

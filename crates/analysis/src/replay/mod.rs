@@ -27,12 +27,12 @@ use std::hash::Hasher;
 use std::path::Path;
 use std::sync::Arc;
 
-use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::breakpoint::blocks::Outline;
 use prefixcache_core::breakpoint::learn::BlockTokens;
 use prefixcache_core::breakpoint::{
     Decision, KeyShape, Learner, Rules, Scope, TokenRates, request_blocks,
 };
+use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::{BreakpointsMode, KeyMode, PromptCacheKeyMode};
 use prefixcache_core::key::{CacheKey, KeyInput, Namespace, RequestHash, compute_keys};
 use prefixcache_core::prefix::{FamilyMemo, FamilyParams, derived_prompt_cache_key, prefix_text};
@@ -332,8 +332,13 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
             let keys: Vec<Option<String>> = POLICIES[..3].iter().map(|m| derived(*m)).collect();
             let breakpoint_rules = matches!(policy, CachePolicy::Breakpoints { .. });
             for s in &seqs {
-                let info =
-                    PromptInfo::with_marks(&s.tokens, &s.marks, pc.step_tokens, pc.route_tokens, None);
+                let info = PromptInfo::with_marks(
+                    &s.tokens,
+                    &s.marks,
+                    pc.step_tokens,
+                    pc.route_tokens,
+                    None,
+                );
                 let blocks: Box<[u64]> = if s.tokens.len() >= pc.min_tokens && !breakpoint_rules {
                     info.blocks.clone().into()
                 } else {
@@ -788,10 +793,9 @@ fn simulate(spec: &SimSpec, p: &Prepared, opts: &ReplayOptions) -> SpecRun {
         .prices
         .iter()
         .map(|pr| {
-            Rules::openai(
-                pr.as_ref()
-                    .map_or(TokenRates::OPENAI_BREAKPOINTS, |pr| TokenRates::from_rates(&pr.base)),
-            )
+            Rules::openai(pr.as_ref().map_or(TokenRates::OPENAI_BREAKPOINTS, |pr| {
+                TokenRates::from_rates(&pr.base)
+            }))
         })
         .collect();
     let ttl_override = spec.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64);
@@ -849,10 +853,15 @@ fn simulate(spec: &SimSpec, p: &Prepared, opts: &ReplayOptions) -> SpecRun {
                 });
                 let shape = plan.map_or(KeyShape::Family, |pl| pl.shape);
                 let injected = match (r.policy, plan) {
-                    (CachePolicy::Breakpoints { .. }, Some(pl)) if pl.decision == Decision::Inject => {
+                    (CachePolicy::Breakpoints { .. }, Some(pl))
+                        if pl.decision == Decision::Inject =>
+                    {
                         let block = pl.boundary.map(|b| b.block as u32);
                         r.learnable.as_deref().and_then(|l| {
-                            l.candidates.iter().find(|(b, _)| Some(*b) == block).map(|(_, bp)| *bp)
+                            l.candidates
+                                .iter()
+                                .find(|(b, _)| Some(*b) == block)
+                                .map(|(_, bp)| *bp)
                         })
                     }
                     _ => None,
@@ -959,7 +968,9 @@ fn report(
             name: name.clone(),
             requests: results.first().map_or(0, |r| r.requests),
             prompt_cache_key: POLICIES[p.group_sims[g].policy].as_str().to_string(),
-            breakpoints: BREAKPOINTS[p.group_sims[g].breakpoints].as_str().to_string(),
+            breakpoints: BREAKPOINTS[p.group_sims[g].breakpoints]
+                .as_str()
+                .to_string(),
             results,
         })
         .collect();
@@ -1061,7 +1072,10 @@ impl ReplayReport {
 /// `breakpoints` setting: cached share, tokens written, dollars with writes.
 fn provider_table(o: &mut String, rows: &[SimResult]) {
     use std::fmt::Write as _;
-    let Some((r, p)) = rows.first().and_then(|r| r.provider.as_ref().map(|p| (r, p))) else {
+    let Some((r, p)) = rows
+        .first()
+        .and_then(|r| r.provider.as_ref().map(|p| (r, p)))
+    else {
         return;
     };
     let _ = writeln!(
@@ -1072,7 +1086,12 @@ fn provider_table(o: &mut String, rows: &[SimResult]) {
     let _ = writeln!(
         o,
         "    {:<17} {:<12} {:>13} {:>15} {:>15} {:>12}",
-        "prompt_cache_key", "breakpoints", "cached share", "cached tokens", "written tokens", "$ spent"
+        "prompt_cache_key",
+        "breakpoints",
+        "cached share",
+        "cached tokens",
+        "written tokens",
+        "$ spent"
     );
     let b = &p.breakpoints_auto;
     for (name, off, auto) in [
@@ -1110,7 +1129,10 @@ fn table(o: &mut String, rows: &[SimResult], provider: bool) {
         "strategy", "requests", "hits", "hit rate", "tokens saved", "$ spent", "$ saved"
     );
     if provider {
-        let _ = write!(o, "  provider cached share: off / conversation / family / auto");
+        let _ = write!(
+            o,
+            "  provider cached share: off / conversation / family / auto"
+        );
     }
     o.push('\n');
     for r in rows {

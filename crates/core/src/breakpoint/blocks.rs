@@ -322,7 +322,10 @@ fn message<'a>(b: &mut Builder<'a>, list: List, item: usize, m: &'a Value) {
 }
 
 fn input_item<'a>(b: &mut Builder<'a>, i: usize, item: &'a Value) {
-    let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
     match kind {
         "message" => message(b, List::Input, i, item),
         // Reasoning items of earlier turns are not read again by the model.
@@ -332,7 +335,9 @@ fn input_item<'a>(b: &mut Builder<'a>, i: usize, item: &'a Value) {
             // output's parts can carry one, but a tool's result is the changing tail).
             b.out.continues = true;
             if let Some(parts) = item.get("output").and_then(Value::as_array)
-                && parts.iter().any(|p| p.get("prompt_cache_breakpoint").is_some())
+                && parts
+                    .iter()
+                    .any(|p| p.get("prompt_cache_breakpoint").is_some())
             {
                 b.out.caller_breakpoints = true;
             }
@@ -395,15 +400,19 @@ mod tests {
     #[test]
     fn chat_blocks_and_where_they_can_be_marked() {
         let body = json!({"tools": [{"type": "function", "function": {"name": "f"}}],
-            "messages": [
-                {"role": "system", "content": "rules"},
-                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "u"}}, {"type": "refusal", "refusal": "r"}]},
-                {"role": "assistant", "content": "ok"},
-                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "c", "content": "42"}
-            ]});
+        "messages": [
+            {"role": "system", "content": "rules"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "u"}}, {"type": "refusal", "refusal": "r"}]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "42"}
+        ]});
         let b = request_blocks(Route::ChatCompletions, body.as_object().unwrap());
-        let marks: Vec<Option<String>> = b.blocks.iter().map(|b| b.mark.map(|m| m.to_string())).collect();
+        let marks: Vec<Option<String>> = b
+            .blocks
+            .iter()
+            .map(|b| b.mark.map(|m| m.to_string()))
+            .collect();
         assert_eq!(
             marks,
             vec![
@@ -438,10 +447,17 @@ mod tests {
         let mut marked = a.as_object().unwrap().clone();
         assert!(place_in_body(
             &mut marked,
-            BlockPath { list: List::Messages, item: 0, part: None }
+            BlockPath {
+                list: List::Messages,
+                item: 0,
+                part: None
+            }
         ));
         let m = request_blocks(Route::ChatCompletions, &marked);
-        assert_eq!(m.blocks[0].chain, ba[0].0, "a one-part array reads as its string");
+        assert_eq!(
+            m.blocks[0].chain, ba[0].0,
+            "a one-part array reads as its string"
+        );
         assert!(m.caller_breakpoints);
     }
 
@@ -455,7 +471,11 @@ mod tests {
             {"type": "reasoning", "summary": []}
         ]});
         let b = request_blocks(Route::Responses, body.as_object().unwrap());
-        let marks: Vec<Option<String>> = b.blocks.iter().map(|b| b.mark.map(|m| m.to_string())).collect();
+        let marks: Vec<Option<String>> = b
+            .blocks
+            .iter()
+            .map(|b| b.mark.map(|m| m.to_string()))
+            .collect();
         assert_eq!(
             marks,
             vec![
@@ -468,6 +488,10 @@ mod tests {
         );
         assert_eq!(b.implicit_end, Some(4));
         assert!(b.caller_explicit_mode && b.continues);
-        assert!(request_blocks(Route::Embeddings, body.as_object().unwrap()).blocks.is_empty());
+        assert!(
+            request_blocks(Route::Embeddings, body.as_object().unwrap())
+                .blocks
+                .is_empty()
+        );
     }
 }

@@ -100,10 +100,7 @@ mod tests {
         assert!((break_even(R, Baseline::Uncached) - 0.25 / 1.15).abs() < 1e-12);
         assert_eq!(break_even(R, Baseline::Written), 0.0);
         // Anthropic's 1-hour writes (2x) need more reads.
-        let long = TokenRates {
-            write: 2.0,
-            ..R
-        };
+        let long = TokenRates { write: 2.0, ..R };
         assert!(break_even(long, Baseline::Uncached) > break_even(R, Baseline::Uncached));
     }
 }

@@ -463,7 +463,11 @@ impl Learner {
                 rpm: s.rpm(),
             })
             .collect();
-        out.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.scope.family.cmp(&b.scope.family)));
+        out.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then(a.scope.family.cmp(&b.scope.family))
+        });
         out
     }
 }
@@ -533,11 +537,15 @@ mod tests {
         let mut l = Learner::default();
         let short = |t: &str| json!({"messages": [{"role": "system", "content": "r"}, {"role": "user", "content": t}]});
         plan(&mut l, &short("a"), 0);
-        assert_eq!(plan(&mut l, &short("b"), 1).decision, Decision::BelowMinimum);
+        assert_eq!(
+            plan(&mut l, &short("b"), 1).decision,
+            Decision::BelowMinimum
+        );
         let mut l = Learner::default();
         plan(&mut l, &agent("a"), 0);
         let mut own = agent("b");
-        own["messages"][2]["content"] = json!([{"type": "text", "text": "b", "prompt_cache_breakpoint": {"mode": "explicit"}}]);
+        own["messages"][2]["content"] =
+            json!([{"type": "text", "text": "b", "prompt_cache_breakpoint": {"mode": "explicit"}}]);
         assert_eq!(plan(&mut l, &own, 1).decision, Decision::Caller);
         let mut explicit = agent("c");
         explicit["prompt_cache_options"] = json!({"mode": "explicit"});
@@ -565,7 +573,10 @@ mod tests {
         plan(&mut l, &turn(0, "x"), 0);
         // The next turn of the same conversation: its history is an earlier request,
         // not a shared prefix.
-        assert_eq!(plan(&mut l, &turn(1, "x"), 10).decision, Decision::NotRecurring);
+        assert_eq!(
+            plan(&mut l, &turn(1, "x"), 10).decision,
+            Decision::NotRecurring
+        );
         // Another conversation shares the two system blocks.
         let p = plan(&mut l, &turn(0, "y"), 20);
         assert_eq!(p.decision, Decision::Inject);

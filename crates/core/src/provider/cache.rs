@@ -1070,7 +1070,10 @@ mod tests {
             pos: 1700,
             kind: MarkKind::MessageEnd { eligible: false },
         };
-        let p2 = marked(&turn2, &[user_end(1200), user_end(1500), asst_end, user_end(1800)]);
+        let p2 = marked(
+            &turn2,
+            &[user_end(1200), user_end(1500), asst_end, user_end(1800)],
+        );
         assert_eq!(served(&mut s, &p2, IMPLICIT_30M), (1500, 300));
         // Explicit mode writes no implicit entry, but a request with a marker still reads
         // an inherited one.

@@ -24,8 +24,8 @@ use crate::usage::Usage;
 
 pub use render::json_to_sse;
 pub use request::{
-    Injections, RequestFlags, ServerState, Splice, apply_splices, breakpoint_splice,
-    plan_splices, prepare_upstream_body, request_flags,
+    Injections, RequestFlags, ServerState, Splice, apply_splices, breakpoint_splice, plan_splices,
+    prepare_upstream_body, request_flags,
 };
 
 /// A body could not be read or rendered.

@@ -318,11 +318,7 @@ fn elements(b: &[u8], open: usize, depth: usize) -> Result<Vec<Range<usize>>, Wi
     }
 }
 
-fn breakpoint_at(
-    b: &[u8],
-    top: &[Member],
-    path: BlockPath,
-) -> Result<Option<Splice>, WireError> {
+fn breakpoint_at(b: &[u8], top: &[Member], path: BlockPath) -> Result<Option<Splice>, WireError> {
     let Some(Some(list)) = only(b, top, path.list.as_str()) else {
         return Ok(None);
     };
@@ -396,8 +392,7 @@ pub fn prepare_upstream_body(
     route: Route,
     inject: &Injections<'_>,
 ) -> Result<Bytes, WireError> {
-    if inject.prompt_cache_key.is_none() && !inject.include_usage && inject.breakpoint.is_none()
-    {
+    if inject.prompt_cache_key.is_none() && !inject.include_usage && inject.breakpoint.is_none() {
         return Ok(original.clone());
     }
     let splices = plan_splices(original, route, inject)?;
@@ -670,7 +665,11 @@ mod tests {
     fn breakpoint_splices_are_byte_exact() {
         use crate::breakpoint::List::{Input, Messages};
         let body = "{\"model\":\"gpt-5.6\", \"messages\": [ {\"role\":\"system\",\"content\": \"Rules \\u00e9\\n\" } ,\n {\"content\":[ {\"type\":\"text\",\"text\":\"a\"}, {\"type\":\"image_url\",\"image_url\":{\"url\":\"u\"}} ],\"role\":\"user\"}], \"temperature\": 0.30000000000000004}";
-        let s = prep_str(Route::ChatCompletions, Box::leak(body.into()), at(Messages, 0, None));
+        let s = prep_str(
+            Route::ChatCompletions,
+            Box::leak(body.into()),
+            at(Messages, 0, None),
+        );
         assert_eq!(
             s,
             body.replace(
@@ -678,7 +677,11 @@ mod tests {
                 "[{\"type\":\"text\",\"text\":\"Rules \\u00e9\\n\",\"prompt_cache_breakpoint\":{\"mode\":\"explicit\"}}]"
             )
         );
-        let s = prep_str(Route::ChatCompletions, Box::leak(body.into()), at(Messages, 1, Some(1)));
+        let s = prep_str(
+            Route::ChatCompletions,
+            Box::leak(body.into()),
+            at(Messages, 1, Some(1)),
+        );
         assert_eq!(
             s,
             body.replace(
@@ -687,10 +690,25 @@ mod tests {
             )
         );
         for (bytes, path) in [
-            (s.clone(), BlockPath { list: Messages, item: 1, part: Some(1) }),
             (
-                prep_str(Route::ChatCompletions, Box::leak(body.into()), at(Messages, 0, None)),
-                BlockPath { list: Messages, item: 0, part: None },
+                s.clone(),
+                BlockPath {
+                    list: Messages,
+                    item: 1,
+                    part: Some(1),
+                },
+            ),
+            (
+                prep_str(
+                    Route::ChatCompletions,
+                    Box::leak(body.into()),
+                    at(Messages, 0, None),
+                ),
+                BlockPath {
+                    list: Messages,
+                    item: 0,
+                    part: None,
+                },
             ),
         ] {
             let mut twin = parse(body.as_bytes());
