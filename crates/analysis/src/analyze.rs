@@ -616,7 +616,7 @@ fn strategy_report(
     let families_total = fams.len();
     let mut fam_list: Vec<(FamilyId, Vec<usize>)> = fams.into_iter().collect();
     fam_list.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
-    let families = fam_list
+    let families: Vec<FamilyReport> = fam_list
         .iter()
         .filter(|(_, m)| ratio(m.len() as u64, n as u64) >= FAMILY_MIN_SHARE)
         .take(FAMILIES_LISTED)
@@ -678,6 +678,18 @@ fn strategy_report(
     }
     for f in lint::unstable_tools(schemas) {
         summary.add(&f, first_schema_line);
+    }
+    // A family whose stable text ends inside a content block: the template needs that
+    // block split for a breakpoint to sit where the prompt stops changing.
+    for (report, (_, members)) in families.iter().zip(&fam_list) {
+        if let Some(t) = report.breakpoint.as_ref().and_then(|b| b.split_at_tokens) {
+            let first = members.first().map_or(0, |&l| items[idx[l]].line);
+            summary.add_many(
+                &breakpoint_split_finding(&report.id, t, report.breakpoint.as_ref()),
+                first,
+                members.len() as u64,
+            );
+        }
     }
     if stable.len < PROVIDER_MIN_CACHEABLE_TOKENS {
         let first = idx.first().map_or(0, |&i| items[i].line);
@@ -786,6 +798,30 @@ fn family_breakpoint(
         out.split_at_tokens = Some(stable_tokens);
     }
     Some(out)
+}
+
+/// The `breakpoint-split` rule: family `id`'s prompts agree for `tokens` tokens, past
+/// the last whole content block they share.
+fn breakpoint_split_finding(id: &str, tokens: u64, b: Option<&FamilyBreakpoint>) -> Finding {
+    let last = match b.and_then(|b| b.path.as_ref().zip(b.tokens)) {
+        Some((path, t)) => format!("the last whole block they share ends at {t} tokens ({path})"),
+        None => "they share no whole content block".to_string(),
+    };
+    Finding {
+        rule: Rule::BreakpointSplit,
+        severity: Severity::Info,
+        kind: "breakpoint-split",
+        message: format!(
+            "family {id}: the prompts agree for {tokens} tokens, but {last}; a cache \
+             breakpoint can only sit at the end of a content block"
+        ),
+        span: 0..0,
+        token_span: 0..tokens as usize,
+        excerpt: String::new(),
+        fix: "split the content block where the shared text ends: the fixed text in one \
+              content part, the changing text in the next, so the stable prefix ends on a \
+              block boundary",
+    }
 }
 
 /// The `short-prefix` rule applied to a log: the prefix most requests share is under

@@ -172,3 +172,96 @@ fn breakpoints_and_the_default_key_on_every_population() {
     assert_eq!(classic.breakpoints_injected, 0);
     assert!(classic.auto.cached_share > 0.5);
 }
+
+/// `analyze` (and so `lint` on a log) says when a family's stable text ends inside a
+/// content block, and where; a family whose fixed text is a block of its own gets its
+/// boundary and no such finding.
+#[test]
+fn analyze_reports_the_boundary_and_where_a_block_needs_splitting() {
+    use prefixcache_analysis::analyze::{AnalyzeOptions, analyze};
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let instructions = format!("Review instructions.\n{}", words(7, 1500));
+    let t0 = 1_795_651_200_000i64;
+    for i in 0..20usize {
+        // One block: the fixed instructions and the document together.
+        let inline = json!({"model": "gpt-5.6-terra", "temperature": 0, "messages": [
+            {"role": "user", "content": format!("{instructions}\nDocument {i}: {}", words(300 + i, 30))}]});
+        writeln!(
+            f,
+            "{}",
+            line(
+                t0 + i as i64 * 5000,
+                "inline",
+                "aa",
+                "gpt-5.6-terra",
+                inline
+            )
+        )
+        .unwrap();
+        // Two blocks: the instructions, then the document.
+        let split = json!({"model": "gpt-5.6-terra", "temperature": 0, "messages": [
+            {"role": "system", "content": instructions},
+            {"role": "user", "content": format!("Document {i}: {}", words(300 + i, 30))}]});
+        writeln!(
+            f,
+            "{}",
+            line(
+                t0 + i as i64 * 5000 + 1,
+                "split",
+                "aa",
+                "gpt-5.6-terra",
+                split
+            )
+        )
+        .unwrap();
+    }
+    f.flush().unwrap();
+    let done = analyze(
+        f.path(),
+        &AnalyzeOptions {
+            traffic: Traffic::new(None, None, None),
+            max_bad_lines: 0,
+            threads: 2,
+        },
+        &Progress::hidden(),
+    )
+    .unwrap();
+    let strategy = |name: &str| {
+        done.report
+            .strategies
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+    };
+    let inline = strategy("inline");
+    let b = inline.families[0].breakpoint.as_ref().unwrap();
+    assert_eq!((b.block, b.injected), (None, 0));
+    assert!(b.split_at_tokens.unwrap() > 1024, "{b:?}");
+    let finding = inline
+        .findings
+        .iter()
+        .find(|f| f.rule == "breakpoint-split")
+        .unwrap();
+    assert_eq!(finding.count, 20);
+    assert!(
+        finding
+            .message
+            .contains("they share no whole content block"),
+        "{}",
+        finding.message
+    );
+    let split = strategy("split");
+    let b = split.families[0].breakpoint.as_ref().unwrap();
+    assert_eq!(b.path.as_deref(), Some("messages[0].content"));
+    assert!(
+        b.tokens.unwrap() > 1024 && b.pays && b.injected == 19,
+        "{b:?}"
+    );
+    assert!(b.expected_saving_usd > 0.0);
+    assert!(split.findings.iter().all(|f| f.rule != "breakpoint-split"));
+    let text = done.report.to_text();
+    assert!(
+        text.contains("breakpoint: block 0 (messages[0].content) at"),
+        "{text}"
+    );
+}

@@ -110,8 +110,9 @@ pub struct Ledger {
     pub request: Option<Arc<Map<String, Value>>>,
     /// Set once the forwarded body is prepared.
     pub prompt_cache_key: PromptCacheKeySource,
-    /// The breakpoint policy of the forwarded body (`auto`, `caller`, `none`).
-    pub breakpoint: &'static str,
+    /// The breakpoint of the forwarded body: its policy (`auto`, `caller`, `none`, the
+    /// metrics' label) and the decision behind it (the request log's).
+    pub breakpoint: crate::breakpoints::BreakpointNote,
 }
 
 /// How one request ended, for its log line.
@@ -200,7 +201,7 @@ impl AppState {
                         .get_or_create(&PolicyLabels { prompt_cache_key })
                         .inc_by(c.cache_write_usd);
                 }
-                let breakpoints = ledger.breakpoint;
+                let breakpoints = ledger.breakpoint.policy;
                 for (kind, n) in [
                     ("prompt", u.prompt_tokens),
                     ("cached", u.cached_tokens),

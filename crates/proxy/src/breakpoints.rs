@@ -29,7 +29,48 @@ pub struct Placement {
     pub plan: Option<Plan>,
 }
 
+/// What the request log says about the breakpoint of a forwarded request: its policy,
+/// and for a model with breakpoints the decision and its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct BreakpointNote {
+    /// `auto` (the proxy placed one), `caller` (the caller's own), `none`.
+    pub policy: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'static str>,
+    /// The learned boundary: block index and prompt tokens before its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recurrence: Option<f64>,
+}
+
+impl Default for BreakpointNote {
+    fn default() -> Self {
+        BreakpointNote {
+            policy: "none",
+            decision: None,
+            block: None,
+            tokens: None,
+            recurrence: None,
+        }
+    }
+}
+
 impl Placement {
+    /// The request log's note of this placement.
+    pub fn note(&self) -> BreakpointNote {
+        let plan = self.plan;
+        BreakpointNote {
+            policy: self.policy(),
+            decision: plan.map(|p| p.decision.as_str()),
+            block: plan.and_then(|p| p.boundary).map(|b| b.block),
+            tokens: plan.and_then(|p| p.boundary).map(|b| b.tokens),
+            recurrence: plan.map(|p| (p.recurrence * 1000.0).round() / 1000.0),
+        }
+    }
+
     /// The policy label of the figures (`breakpoints` label): `auto` when one was
     /// placed, `caller` for the caller's own, `none` otherwise.
     pub fn policy(&self) -> &'static str {
@@ -155,5 +196,67 @@ pub fn resolve(mode: PromptCacheKeyMode, shape: KeyShape) -> PromptCacheKeyMode 
         (PromptCacheKeyMode::Auto, KeyShape::Conversation) => PromptCacheKeyMode::Conversation,
         (PromptCacheKeyMode::Auto, KeyShape::Family) => PromptCacheKeyMode::Family,
         (other, _) => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prefixcache_core::breakpoint::List;
+    use prefixcache_core::breakpoint::learn::Boundary;
+
+    #[test]
+    fn the_header_and_the_log_say_where_and_why() {
+        let path = BlockPath {
+            list: List::Messages,
+            item: 1,
+            part: None,
+        };
+        let plan = Plan {
+            decision: Decision::Inject,
+            boundary: Some(Boundary {
+                block: 2,
+                path,
+                tokens: 4120,
+                support: 3,
+            }),
+            recurrence: 0.96666,
+            expected_value: 1.0,
+            shape: KeyShape::Family,
+        };
+        let placed = Placement {
+            key_mode: Some(PromptCacheKeyMode::Family),
+            breakpoint: Some(path),
+            plan: Some(plan),
+        };
+        assert_eq!(
+            placed.header().unwrap(),
+            "injected; block=2; path=messages[1].content; tokens=4120; recurrence=0.97"
+        );
+        assert_eq!(
+            serde_json::to_value(placed.note()).unwrap(),
+            serde_json::json!({"policy": "auto", "decision": "injected", "block": 2,
+                "tokens": 4120, "recurrence": 0.967})
+        );
+        let skipped = Placement {
+            breakpoint: None,
+            plan: Some(Plan {
+                decision: Decision::NotRecurring,
+                boundary: None,
+                ..plan
+            }),
+            ..placed
+        };
+        assert_eq!(
+            skipped.header().unwrap(),
+            "none; reason=not_recurring; recurrence=0.97"
+        );
+        assert_eq!(skipped.policy(), "none");
+        let older = Placement::default();
+        assert!(older.header().is_none());
+        assert_eq!(
+            serde_json::to_value(older.note()).unwrap(),
+            serde_json::json!({"policy": "none"})
+        );
     }
 }

@@ -229,7 +229,7 @@ async fn handle_inner(
         raw: state.request_log.is_some().then(|| raw.clone()),
         request: None,
         prompt_cache_key: PromptCacheKeySource::None,
-        breakpoint: "none",
+        breakpoint: crate::breakpoints::BreakpointNote::default(),
     };
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
@@ -320,7 +320,7 @@ async fn handle_inner(
         prompt_cache_key.is_some(),
         placement.key_mode.unwrap_or(strategy.prompt_cache_key),
     );
-    ledger.breakpoint = placement.policy();
+    ledger.breakpoint = placement.note();
     if let Some(plan) = placement.plan {
         state.metrics.breakpoint_decision(plan.decision.as_str());
     }

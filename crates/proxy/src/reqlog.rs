@@ -38,10 +38,10 @@ pub struct Record<'a> {
     pub usage: Option<UsageRecord>,
     pub cost_usd: Option<f64>,
     pub saved_usd: Option<f64>,
-    /// Forwarded requests: the prompt-cache breakpoint policy of what was sent (`auto`
-    /// when the proxy placed one, `caller`, `none`).
+    /// Forwarded requests: the prompt-cache breakpoint of what was sent (`policy`:
+    /// `auto` when the proxy placed one, `caller`, `none`) and the decision behind it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub breakpoint: Option<&'static str>,
+    pub breakpoint: Option<crate::breakpoints::BreakpointNote>,
     /// The request body exactly as the caller sent it.
     pub request: &'a RawValue,
 }
