@@ -300,6 +300,7 @@ struct RawStrategy {
     key_mode: Option<String>,
     cache_sampled: Option<bool>,
     prompt_cache_key: Option<String>,
+    breakpoints: Option<String>,
     normalize_whitespace: Option<bool>,
     annotate_body: Option<bool>,
     template: Option<String>,
@@ -373,6 +374,10 @@ impl KeyMode {
 /// (`docs/design.md`, "The provider's routing key").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptCacheKeyMode {
+    /// Per family, from its observed shape (the default): `Conversation` for busy
+    /// families of growing conversations, `Family` otherwise
+    /// (`breakpoint::learn::KeyShape`).
+    Auto,
     /// Derived from tools + system/developer messages + the first user message.
     Conversation,
     /// Derived from the prefix family.
@@ -384,20 +389,49 @@ pub enum PromptCacheKeyMode {
 impl PromptCacheKeyMode {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(PromptCacheKeyMode::Auto),
             "conversation" => Ok(PromptCacheKeyMode::Conversation),
             "family" => Ok(PromptCacheKeyMode::Family),
             "off" => Ok(PromptCacheKeyMode::Off),
             other => Err(format!(
-                "expected conversation, family or off, got {other:?}"
+                "expected auto, conversation, family or off, got {other:?}"
             )),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            PromptCacheKeyMode::Auto => "auto",
             PromptCacheKeyMode::Conversation => "conversation",
             PromptCacheKeyMode::Family => "family",
             PromptCacheKeyMode::Off => "off",
+        }
+    }
+}
+
+/// Whether the proxy places prompt-cache breakpoints on requests that carry none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakpointsMode {
+    /// Where the family's learned boundary pays for its writes, on models that accept
+    /// explicit breakpoints (the default; other models are never touched).
+    Auto,
+    /// Never.
+    Off,
+}
+
+impl BreakpointsMode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BreakpointsMode::Auto),
+            "off" => Ok(BreakpointsMode::Off),
+            other => Err(format!("expected auto or off, got {other:?}")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakpointsMode::Auto => "auto",
+            BreakpointsMode::Off => "off",
         }
     }
 }
@@ -425,6 +459,7 @@ pub struct Strategy {
     /// Cache requests that sample (temperature absent or > 0). Default true.
     pub cache_sampled: bool,
     pub prompt_cache_key: PromptCacheKeyMode,
+    pub breakpoints: BreakpointsMode,
     pub normalize_whitespace: bool,
     pub annotate_body: bool,
     pub template: Option<String>,
@@ -443,7 +478,8 @@ impl Strategy {
             max_ttl: DEFAULT_MAX_TTL.max(ttl),
             key_mode: KeyMode::Exact,
             cache_sampled: true,
-            prompt_cache_key: PromptCacheKeyMode::Conversation,
+            prompt_cache_key: PromptCacheKeyMode::Auto,
+            breakpoints: BreakpointsMode::Auto,
             normalize_whitespace: false,
             annotate_body: false,
             template: None,
@@ -1121,9 +1157,11 @@ impl RawStrategy {
             },
             cache_sampled: self.cache_sampled.unwrap_or(true),
             prompt_cache_key: PromptCacheKeyMode::parse(
-                self.prompt_cache_key.as_deref().unwrap_or("conversation"),
+                self.prompt_cache_key.as_deref().unwrap_or("auto"),
             )
             .map_err(|m| ConfigError::key(k("prompt_cache_key"), m))?,
+            breakpoints: BreakpointsMode::parse(self.breakpoints.as_deref().unwrap_or("auto"))
+                .map_err(|m| ConfigError::key(k("breakpoints"), m))?,
             normalize_whitespace: self.normalize_whitespace.unwrap_or(false),
             annotate_body: self.annotate_body.unwrap_or(false),
             template: self.template,

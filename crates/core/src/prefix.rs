@@ -99,6 +99,9 @@ pub fn derived_prompt_cache_key(
     }
     match mode {
         PromptCacheKeyMode::Off => None,
+        // Resolved per family by the caller (`breakpoint::KeyShape`); unresolved, the
+        // family's key, which routes like sending none.
+        PromptCacheKeyMode::Auto => family.map(|f| format!("pfx-f-{}", hex(&f.as_bytes()[..16]))),
         PromptCacheKeyMode::Conversation => {
             conversation_digest(route, body).map(|d| format!("pfx-c-{}", hex(&d[..16])))
         }

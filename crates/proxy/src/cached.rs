@@ -217,6 +217,7 @@ async fn handle_inner(
         key: keys.key,
         family: family_id,
         warning: None,
+        breakpoint: None,
     };
     let mut ledger = Ledger {
         started,
@@ -228,6 +229,7 @@ async fn handle_inner(
         raw: state.request_log.is_some().then(|| raw.clone()),
         request: None,
         prompt_cache_key: PromptCacheKeySource::None,
+        breakpoint: crate::breakpoints::BreakpointNote::default(),
     };
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
@@ -274,12 +276,32 @@ async fn handle_inner(
     }
 
     labels.warning = state.lint_request(strategy, &family, &namespace, true);
-    let family = family_id;
-    let prompt_cache_key = if flags.has_prompt_cache_key {
-        // A caller's own key is never overwritten.
-        None
+    // The provider's prompt cache: the key policy for this family, and a breakpoint
+    // where its learned boundary pays (`breakpoints.rs`).
+    let placement = if bypass == Some(BypassReason::DuplicateKeys) {
+        crate::breakpoints::Placement::default()
     } else {
-        derived_prompt_cache_key(strategy.prompt_cache_key, route, &body, family.as_ref())
+        state.breakpoints.place(
+            &crate::breakpoints::PlaceInput {
+                strategy,
+                route,
+                body: &body,
+                model,
+                namespace: &namespace,
+                family: &family.id,
+                now_ms: state.now_ms(),
+            },
+            &state.prices,
+        )
+    };
+    labels.breakpoint = placement.header();
+    let family = family_id;
+    let prompt_cache_key = match placement.key_mode {
+        // A caller's own key is never overwritten.
+        Some(mode) if !flags.has_prompt_cache_key => {
+            derived_prompt_cache_key(mode, route, &body, family.as_ref())
+        }
+        _ => None,
     };
     let injections = if bypass == Some(BypassReason::DuplicateKeys) {
         // Which of two equal keys counts is the provider's reading; the bytes go as sent.
@@ -288,6 +310,7 @@ async fn handle_inner(
         Injections {
             include_usage: want.stream,
             prompt_cache_key: prompt_cache_key.as_deref(),
+            breakpoint: placement.breakpoint,
         }
     };
     let upstream_body = wire::prepare_upstream_body(&raw, route, &injections)
@@ -295,8 +318,12 @@ async fn handle_inner(
     ledger.prompt_cache_key = PromptCacheKeySource::of(
         flags.has_prompt_cache_key,
         prompt_cache_key.is_some(),
-        strategy.prompt_cache_key,
+        placement.key_mode.unwrap_or(strategy.prompt_cache_key),
     );
+    ledger.breakpoint = placement.note();
+    if let Some(plan) = placement.plan {
+        state.metrics.breakpoint_decision(plan.decision.as_str());
+    }
     ledger.request = Some(Arc::new(body));
     let outcome = match bypass {
         Some(reason) => {
@@ -414,6 +441,8 @@ struct Labels {
     family: Option<FamilyId>,
     /// `x-prefixcache-warning`, when the prefix has findings.
     warning: Option<HeaderValue>,
+    /// `x-prefixcache-breakpoint`, on forwarded requests to models with breakpoints.
+    breakpoint: Option<HeaderValue>,
 }
 
 fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
@@ -431,6 +460,11 @@ fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
     }
     if let Some(w) = &labels.warning {
         h.insert(headers::WARNING, w.clone());
+    }
+    if let Some(b) = &labels.breakpoint
+        && outcome != Outcome::Coalesced
+    {
+        h.insert(headers::BREAKPOINT, b.clone());
     }
 }
 

@@ -15,6 +15,8 @@ pub const WARNING: HeaderName = HeaderName::from_static("x-prefixcache-warning")
 pub const TTL: HeaderName = HeaderName::from_static("x-prefixcache-ttl");
 pub const STRATEGY: HeaderName = HeaderName::from_static("x-prefixcache-strategy");
 /// Why a request was forwarded without the cache (`BYPASS` only).
+/// Where an automatic prompt-cache breakpoint was placed, or why none was.
+pub const BREAKPOINT: HeaderName = HeaderName::from_static("x-prefixcache-breakpoint");
 pub const BYPASS: HeaderName = HeaderName::from_static("x-prefixcache-bypass");
 pub const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 pub const OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");

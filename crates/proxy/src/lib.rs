@@ -10,6 +10,7 @@
 //! - [`state`]: shared state; store access that fails open and is measured.
 //! - [`accounting`]: tokens, dollars and request-log lines of answered requests.
 //! - [`cached`]: the cached routes (lookup, coalescing, forwarding, storing).
+//! - [`breakpoints`]: automatic prompt-cache breakpoints and the per-family key choice.
 //! - [`flight`]: one upstream response read once and fanned out to its callers.
 //! - [`passthrough`]: every other route, forwarded unchanged.
 //! - [`reqlog`]: the request log (JSON lines, rotated by size).
@@ -25,6 +26,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod breakpoints;
 pub mod cached;
 pub mod dashboard;
 pub mod error;

@@ -89,6 +89,19 @@ pub struct PolicyTokenLabels {
     pub kind: &'static str,
 }
 
+/// Provider prompt-cache figures by breakpoint policy: `auto` (the proxy placed one),
+/// `caller` (the caller's own), `none`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakpointKindLabels {
+    pub breakpoints: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub prompt_cache_key: &'static str,
@@ -213,6 +226,10 @@ pub struct Metrics {
     pub provider_prompt_tokens: Family<PolicyTokenLabels, Counter>,
     pub provider_cache_write_usd: Family<PolicyLabels, Counter<f64, AtomicU64>>,
     pub store_evictions: Gauge,
+    pub breakpoints_injected: Counter,
+    pub breakpoint_decisions: Family<DecisionLabels, Counter>,
+    pub provider_breakpoint_tokens: Family<BreakpointKindLabels, Counter>,
+    pub provider_breakpoint_usd: Family<BreakpointKindLabels, Counter<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -354,7 +371,36 @@ impl Metrics {
             "Entries the store dropped before their expiry for lack of room, since it opened (Redis: the server's evicted_keys)",
             store_evictions.clone(),
         );
+        let breakpoints_injected = Counter::default();
+        registry.register(
+            "breakpoints_injected",
+            "Forwarded requests on which the proxy placed a prompt-cache breakpoint at the family's learned boundary",
+            breakpoints_injected.clone(),
+        );
+        let breakpoint_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "breakpoint_decisions",
+            "Breakpoint decisions on forwarded requests to models with breakpoints (injected, caller, caller_explicit_mode, not_recurring, below_minimum, at_implicit, not_worth)",
+            breakpoint_decisions.clone(),
+        );
+        let provider_breakpoint_tokens = Family::<BreakpointKindLabels, Counter>::default();
+        registry.register(
+            "provider_breakpoint_tokens",
+            "Prompt tokens of upstream responses by breakpoint policy (auto, caller, none) and kind (prompt, cached, cache_write)",
+            provider_breakpoint_tokens.clone(),
+        );
+        let provider_breakpoint_usd =
+            Family::<BreakpointKindLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "provider_breakpoint_usd",
+            "US dollars of upstream responses by breakpoint policy (auto, caller, none) and kind (spent: the whole request, writes included; cache_read; cache_write)",
+            provider_breakpoint_usd.clone(),
+        );
         Metrics {
+            breakpoints_injected,
+            breakpoint_decisions,
+            provider_breakpoint_tokens,
+            provider_breakpoint_usd,
             provider_cacheable,
             bypassed,
             store_skipped,
@@ -400,6 +446,16 @@ impl Metrics {
     }
 
     /// Records one finished request.
+    /// Counts one breakpoint decision (and an injection).
+    pub fn breakpoint_decision(&self, decision: &'static str) {
+        self.breakpoint_decisions
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
+        if decision == "injected" {
+            self.breakpoints_injected.inc();
+        }
+    }
+
     pub fn request(
         &self,
         route: &'static str,

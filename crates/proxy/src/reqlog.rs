@@ -38,6 +38,10 @@ pub struct Record<'a> {
     pub usage: Option<UsageRecord>,
     pub cost_usd: Option<f64>,
     pub saved_usd: Option<f64>,
+    /// Forwarded requests: the prompt-cache breakpoint of what was sent (`policy`:
+    /// `auto` when the proxy placed one, `caller`, `none`) and the decision behind it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakpoint: Option<crate::breakpoints::BreakpointNote>,
     /// The request body exactly as the caller sent it.
     pub request: &'a RawValue,
 }
@@ -266,6 +270,7 @@ mod tests {
             usage: None,
             cost_usd: None,
             saved_usd: None,
+            breakpoint: None,
             request: raw,
         }
     }

@@ -17,6 +17,7 @@ use prefixcache_store::{CacheStore, Clock, Entry, StoreError};
 use tokio_util::task::TaskTracker;
 
 use crate::accounting::CacheableMemo;
+use crate::breakpoints::Breakpoints;
 use crate::dashboard::Dashboard;
 use crate::flight::Flights;
 use crate::metrics::Metrics;
@@ -63,6 +64,8 @@ pub struct Inner {
     pub drift: WhitespaceDrift,
     /// Dynamic-content findings per recent family.
     pub lint_memo: LintMemo,
+    /// Learned prompt boundaries per namespace and family (automatic breakpoints).
+    pub breakpoints: Breakpoints,
     /// Strategy names as `'static` metric labels (see [`AppState::strategy_label`]).
     strategy_labels: HashMap<String, &'static str>,
     /// When each lint rule last wrote a log line (rate limit), in Unix ms.
@@ -227,6 +230,7 @@ impl AppState {
                 unpriced: Mutex::new(HashSet::new()),
                 drift: WhitespaceDrift::default(),
                 lint_memo: LintMemo::new(crate::warnings::MEMO_FAMILIES),
+                breakpoints: Breakpoints::default(),
                 strategy_labels,
                 lint_logged: Mutex::new(HashMap::new()),
                 config,

@@ -24,7 +24,7 @@ use crate::usage::Usage;
 
 pub use render::json_to_sse;
 pub use request::{
-    Injections, RequestFlags, ServerState, Splice, apply_splices, plan_splices,
+    Injections, RequestFlags, ServerState, Splice, apply_splices, breakpoint_splice, plan_splices,
     prepare_upstream_body, request_flags,
 };
 
