@@ -1,4 +1,4 @@
-//! The mock upstream (DESIGN.md §10): OpenAI's cached routes and `GET /v1/models`, and
+//! The mock upstream: OpenAI's cached routes and `GET /v1/models`, and
 //! Anthropic's Messages API, in the real APIs' wire formats, deterministic content derived from the request, exact
 //! `usage` from the real tokenizer, SSE streams chunked like the real ones, a simulation
 //! of the provider's prompt cache that fills `cached_tokens`, configurable latency, and
@@ -10,6 +10,9 @@
 //! - [`config`]: [`MockConfig`], [`Latency`] specs, prompt-cache parameters.
 //! - [`server`]: [`Mock`] (shared state, counters), [`app`], [`serve`], [`spawn_local`].
 //! - [`stats`]: request counters and recorded requests.
+//! - [`gate`], [`control`]: gates tests open to release held responses, and the request
+//!   headers that hold or cut a response (`x-mock-head-gate`, `x-mock-stream-gate`,
+//!   `x-mock-cut-after`).
 //! - `plan`: parsing a request into a prepared answer; special models; the tool rule.
 //! - `cache_options`: `prompt_cache_options` / `prompt_cache_breakpoint` validation and
 //!   the cache policy (block rules before GPT-5.6, breakpoint rules after).
@@ -29,8 +32,10 @@ mod chat;
 pub mod clock;
 mod completions;
 pub mod config;
+pub mod control;
 mod embeddings;
 mod error;
+pub mod gate;
 pub mod generate;
 mod messages;
 mod models;
