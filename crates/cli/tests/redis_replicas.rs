@@ -5,6 +5,8 @@
 
 // Test helpers outside #[test] fns are not covered by clippy's test exemption.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The test awaits every task it spawns before it ends.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

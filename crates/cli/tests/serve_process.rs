@@ -105,6 +105,14 @@ async fn a_restart_on_the_same_data_dir_answers_from_the_cache() {
     assert!(second.terminate().success());
 }
 
+/// One case: its name, the flags, the environment, the working directory.
+type Layers<'a> = (
+    &'a str,
+    Vec<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    Option<&'a Path>,
+);
+
 /// The upstream each layer names is a path under one mock, so the mock's record of the
 /// request says which layer won.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +137,7 @@ async fn config_layers_file_then_environment_then_flags() {
     let env_upstream = format!("{}/from-env", mock.url);
     let flag_upstream = format!("{}/from-flag", mock.url);
     let file = file.to_str().unwrap();
-    let cases: [(&str, Vec<&str>, Vec<(&str, &str)>, Option<&Path>); 6] = [
+    let cases: [Layers<'_>; 6] = [
         ("file", vec![], vec![("PREFIXCACHE_CONFIG", file)], None),
         (
             "env over file",
