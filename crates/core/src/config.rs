@@ -336,7 +336,7 @@ pub enum TenantMode {
     Shared,
 }
 
-/// How a strategy turns a request into a cache slot (DESIGN.md §4).
+/// How a strategy turns a request into a cache slot (`docs/design.md`, "Cache keys").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyMode {
     /// One entry per canonical request (the default).
@@ -354,7 +354,8 @@ impl KeyMode {
     }
 }
 
-/// What `prompt_cache_key` the proxy adds to forwarded requests that carry none (§7).
+/// What `prompt_cache_key` the proxy adds to forwarded requests that carry none
+/// (`docs/design.md`, "The provider's routing key").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptCacheKeyMode {
     /// Derived from tools + system/developer messages + the first user message.
@@ -393,7 +394,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// A strategy: a named caching policy for one kind of traffic (DESIGN.md §5).
+/// A strategy: a named caching policy for one kind of traffic (`docs/configuration.md`).
 #[derive(Debug, Clone)]
 pub struct Strategy {
     pub name: String,
@@ -555,7 +556,7 @@ pub struct CacheConfig {
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Request log (JSON lines, DESIGN.md §8), if enabled.
+    /// Request log (JSON lines, `docs/request-log.md`), if enabled.
     pub path: Option<PathBuf>,
     pub max_bytes: u64,
     pub keep: usize,

@@ -1,4 +1,4 @@
-//! The headers of the interface contract (DESIGN.md §3): what callers may send to steer
+//! The headers of the interface contract (`docs/headers.md`): what callers may send to steer
 //! the cache, what the proxy answers with, and which headers never cross a proxy.
 
 use std::time::Duration;
@@ -167,7 +167,7 @@ impl UpstreamCaching {
     }
 }
 
-/// Headers the proxy consumes and strips before forwarding (DESIGN.md §3).
+/// Headers the proxy consumes and strips before forwarding (`docs/headers.md`).
 pub fn is_proxy_directive(name: &HeaderName) -> bool {
     name == header::CACHE_CONTROL || name == TTL || name == STRATEGY
 }

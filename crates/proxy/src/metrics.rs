@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §9), one registry per proxy instance so in-process
+//! Prometheus metrics (`docs/metrics.md`), one registry per proxy instance so in-process
 //! tests can scrape exact deltas. Every label value is drawn from a fixed set or from
 //! the configured strategy names: never keys, families, tenants or models.
 

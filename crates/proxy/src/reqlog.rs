@@ -1,4 +1,4 @@
-//! The request log (DESIGN.md §8): one JSON line per request on a cached route, written
+//! The request log (`docs/request-log.md`): one JSON line per request on a cached route, written
 //! by a dedicated thread so a slow disk never slows a request, rotated by size.
 //!
 //! Lines are handed over through a bounded channel; when it is full (the disk cannot

@@ -1,4 +1,4 @@
-//! What the proxy tells about its traffic (issue 5): the request log, token metrics,
+//! What the proxy tells about its traffic: the request log, token metrics,
 //! and the `prompt_cache_key` it adds for the provider's prompt cache.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]

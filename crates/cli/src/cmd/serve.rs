@@ -36,7 +36,7 @@ pub struct Args {
     /// Log format of the server's own logs [default: text].
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
-    /// Append one JSON line per request to FILE (DESIGN.md §8).
+    /// Append one JSON line per request to FILE (docs/request-log.md).
     #[arg(long, value_name = "FILE")]
     log_requests: Option<PathBuf>,
 }

@@ -40,7 +40,7 @@ pub const EXTENDED_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Cached prefixes per simulated machine.
 pub const DEFAULT_CACHE_LRU_ENTRIES: usize = 100_000;
 
-/// Parameters of the simulated provider prompt cache (DESIGN.md §7, §10).
+/// Parameters of the simulated provider prompt cache (`docs/provider-caching.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptCacheConfig {
     /// Off: `cached_tokens` is always 0.
