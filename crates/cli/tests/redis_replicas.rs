@@ -19,8 +19,14 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_prefixcache");
 
 /// `serve` on Redis; `memory_ttl` bounds how long its memory tier may answer for Redis
-/// (`0s`: every lookup is a Redis `GET`).
-fn serve_on_redis(mock: &str, redis: &str, data: &std::path::Path, memory_ttl: &str) -> Service {
+/// (`0s`: every lookup is a Redis `GET`), `store_timeout` each store operation.
+fn serve_on_redis(
+    mock: &str,
+    redis: &str,
+    data: &std::path::Path,
+    memory_ttl: &str,
+    store_timeout: &str,
+) -> Service {
     Service::start(
         BIN.as_ref(),
         &[
@@ -40,6 +46,7 @@ fn serve_on_redis(mock: &str, redis: &str, data: &std::path::Path, memory_ttl: &
             ("PREFIXCACHE_CONFIG", "/dev/null"),
             ("RUST_LOG", "warn"),
             ("PREFIXCACHE_STORE_MEMORY_TTL", memory_ttl),
+            ("PREFIXCACHE_STORE_TIMEOUT", store_timeout),
         ],
     )
 }
@@ -107,8 +114,9 @@ async fn two_replicas_share_one_cache() {
     let mock = mock_upstream();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // No tenant secret is configured: the replicas agree on one through Redis.
-    let a = serve_on_redis(&mock.url, &redis.url(), da.path(), "10s");
-    let b = serve_on_redis(&mock.url, &redis.url(), db.path(), "10s");
+    // A slow write on a loaded machine must not look like an unshared cache.
+    let a = serve_on_redis(&mock.url, &redis.url(), da.path(), "10s", "30s");
+    let b = serve_on_redis(&mock.url, &redis.url(), db.path(), "10s", "30s");
     let client = reqwest::Client::new();
     assert_eq!(
         status_of(&client, &a.url, "shared").await,
@@ -134,7 +142,9 @@ async fn killing_redis_under_load_fails_no_request() {
     let mock = mock_upstream();
     let data = tempfile::tempdir().unwrap();
     // No memory tier in front of Redis: a HIT can only come from Redis.
-    let proxy = serve_on_redis(&mock.url, &redis.url(), data.path(), "0s");
+    // A dead Redis refuses connections at once, so failing open stays fast; the
+    // timeout only has to be long enough that a loaded machine's slow GET is no miss.
+    let proxy = serve_on_redis(&mock.url, &redis.url(), data.path(), "0s", "2s");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

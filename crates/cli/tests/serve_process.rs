@@ -32,7 +32,8 @@ fn serve(data: &Path, args: &[&str], envs: &[(&str, &str)], dir: Option<&Path>) 
         data.to_str().unwrap(),
     ];
     all.extend_from_slice(args);
-    let mut env = vec![("RUST_LOG", "warn")];
+    // A loaded machine must not turn a slow store write into a miss.
+    let mut env = vec![("RUST_LOG", "warn"), ("PREFIXCACHE_STORE_TIMEOUT", "30s")];
     env.extend_from_slice(envs);
     Service::start_in(BIN.as_ref(), &all, &env, dir)
 }
