@@ -66,6 +66,9 @@ fn dashboard_in_chromium() {
             ("PREFIXCACHE_CONFIG", "/dev/null"),
             ("PREFIXCACHE_ADMIN_LISTEN", "127.0.0.1:0"),
             ("RUST_LOG", "warn"),
+            // A slow store write on a loaded machine must not turn the second request
+            // into a miss.
+            ("PREFIXCACHE_STORE_TIMEOUT", "30s"),
         ],
     );
     let admin = proxy

@@ -37,7 +37,13 @@ fn run_sdk_suite(store: &str) {
             data_dir,
         ],
         // Keep the test independent of a prefixcache.toml or env in the caller's shell.
-        &[("PREFIXCACHE_CONFIG", "/dev/null"), ("RUST_LOG", "warn")],
+        // A loaded machine must not turn a slow store write into a miss the suite
+        // would read as a failure: the store gets all the time it needs here.
+        &[
+            ("PREFIXCACHE_CONFIG", "/dev/null"),
+            ("RUST_LOG", "warn"),
+            ("PREFIXCACHE_STORE_TIMEOUT", "30s"),
+        ],
     );
     let script = workspace_root().join("crates/cli/tests/sdk/test_sdk.py");
     let status = Command::new(&python)

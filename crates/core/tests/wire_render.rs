@@ -158,9 +158,8 @@ fn tool_calls_and_refusals_round_trip() {
     assert_eq!(asm.usage().map(|u| u.cache_write_tokens), Some(64));
 }
 
-#[test]
-fn legacy_function_call_and_audio_round_trip() {
-    let stored = json!({
+fn chat_function_call_and_audio() -> Value {
+    json!({
         "id": "chatcmpl-D3", "object": "chat.completion", "created": 1733200002, "model": "gpt-4o-audio-preview",
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
@@ -171,7 +170,12 @@ fn legacy_function_call_and_audio_round_trip() {
              "logprobs": null, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29},
         "system_fingerprint": "fp_1"
-    });
+    })
+}
+
+#[test]
+fn legacy_function_call_and_audio_round_trip() {
+    let stored = chat_function_call_and_audio();
     round_trip(Route::ChatCompletions, &stored, true);
     round_trip(Route::ChatCompletions, &stored, false);
 }
@@ -377,4 +381,204 @@ proptest! {
         r["output"][2]["content"][0]["text"] = json!(text);
         round_trip(Route::Responses, &r, false);
     }
+}
+
+/// The chat stream accumulator, completion chunks and the Responses stream state of the
+/// official `openai` SDK, fed every rendered shape: what the SDK's users get must be the
+/// stored answer, independently of our own assembler.
+const SDK_SCRIPT: &str = r#"
+import json, sys
+from openai._models import construct_type
+from openai._types import omit
+from openai._streaming import SSEDecoder
+from openai.lib.streaming.chat._completions import ChatCompletionStreamState
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types import Completion
+from openai.types.chat import ChatCompletionChunk
+from openai.types.responses import ResponseStreamEvent
+
+out = []
+for case in json.load(sys.stdin):
+    events = list(SSEDecoder().iter_bytes(iter([case["sse"].encode()])))
+    if case["route"] == "chat":
+        state = ChatCompletionStreamState()
+        for e in events:
+            if e.data == "[DONE]":
+                break
+            # What the SDK's Stream does with each event: construct, not validate.
+            state.handle_chunk(construct_type(type_=ChatCompletionChunk, value=json.loads(e.data)))
+        out.append(state.get_final_completion().model_dump(mode="json"))
+    elif case["route"] == "completions":
+        choices = {}
+        usage = None
+        for e in events:
+            if e.data == "[DONE]":
+                break
+            chunk = construct_type(type_=Completion, value=json.loads(e.data))
+            usage = chunk.usage.model_dump(mode="json") if chunk.usage else usage
+            for c in chunk.choices:
+                got = choices.setdefault(c.index, {"text": "", "finish_reason": None, "tokens": None})
+                got["text"] += c.text
+                got["finish_reason"] = c.finish_reason or got["finish_reason"]
+                if c.logprobs is not None:
+                    got["tokens"] = (got["tokens"] or []) + list(c.logprobs.tokens or [])
+        out.append({"choices": [choices[i] for i in sorted(choices)], "usage": usage})
+    else:
+        state = ResponseStreamState(input_tools=omit, text_format=omit)
+        texts, arguments, completed = {}, {}, None
+        for e in events:
+            event = construct_type(type_=ResponseStreamEvent, value=json.loads(e.data))
+            for typed in state.handle_event(event):
+                if typed.type == "response.output_text.delta":
+                    texts[typed.output_index] = texts.get(typed.output_index, "") + typed.delta
+                elif typed.type == "response.function_call_arguments.delta":
+                    arguments[typed.output_index] = arguments.get(typed.output_index, "") + typed.delta
+                elif typed.type == "response.completed":
+                    completed = typed.response.model_dump(mode="json")
+        out.append({"texts": texts, "arguments": arguments, "completed": completed})
+print(json.dumps(out))
+"#;
+
+fn sdk_parse(python: &std::path::Path, cases: &[Value]) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", SDK_SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(cases).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `v` without object fields whose value is null (the SDK's models add them for
+/// optional fields the stored answer leaves out).
+fn strip_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Every field the stored value has, as the SDK gave it (`sdk` may have more).
+fn assert_covers(sdk: &Value, stored: &Value, what: &str) {
+    match (sdk, stored) {
+        (Value::Object(s), Value::Object(w)) => {
+            for (k, v) in w {
+                if v.is_null() {
+                    continue;
+                }
+                assert_covers(&s[k], v, &format!("{what}.{k}"));
+            }
+        }
+        (Value::Array(s), Value::Array(w)) => {
+            assert_eq!(s.len(), w.len(), "{what}: length");
+            for (i, (a, b)) in s.iter().zip(w).enumerate() {
+                assert_covers(a, b, &format!("{what}[{i}]"));
+            }
+        }
+        // The SDK's models type some integers as floats (`created_at`).
+        (Value::Number(s), Value::Number(w)) => assert_eq!(s.as_f64(), w.as_f64(), "{what}"),
+        _ => assert_eq!(strip_nulls(sdk), strip_nulls(stored), "{what}"),
+    }
+}
+
+#[test]
+fn the_openai_sdk_parses_every_rendered_shape_to_the_stored_answer() {
+    let Some(python) = prefixcache_testkit::require_python(
+        "the_openai_sdk_parses_every_rendered_shape_to_the_stored_answer",
+        &["openai"],
+    ) else {
+        return;
+    };
+    let legacy_completion = json!({
+        "id": "cmpl-E1", "object": "text_completion", "created": 1733200003, "model": "gpt-3.5-turbo-instruct",
+        "choices": [
+            {"text": "\n\nThis is a test.", "index": 0, "finish_reason": "length",
+             "logprobs": {"tokens": ["\n\n", "This", " is", " a", " test", "."], "token_logprobs": [-0.1, -0.2, -0.3, -0.4, -0.5, -0.6],
+                 "top_logprobs": [{"\n\n": -0.1}, {"This": -0.2}, {" is": -0.3}, {" a": -0.4}, {" test": -0.5}, {".": -0.6}],
+                 "text_offset": [7, 9, 13, 16, 18, 23]}},
+            {"text": "Another one.", "index": 1, "finish_reason": "stop", "logprobs": null}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+    });
+    let chats = [
+        chat_text(),
+        chat_tools_and_refusal(),
+        chat_function_call_and_audio(),
+    ];
+    let mut cases = Vec::new();
+    let render = |route: Route, v: &Value, usage: bool| {
+        let sse = json_to_sse(route, &serde_json::to_vec(v).unwrap(), usage)
+            .unwrap()
+            .concat();
+        String::from_utf8(sse).unwrap()
+    };
+    for c in &chats {
+        for usage in [true, false] {
+            cases.push(json!({"route": "chat", "sse": render(Route::ChatCompletions, c, usage), "usage": usage}));
+        }
+    }
+    cases.push(json!({"route": "completions", "sse": render(Route::Completions, &legacy_completion, true)}));
+    cases.push(
+        json!({"route": "responses", "sse": render(Route::Responses, &stored_response(), false)}),
+    );
+    let got = sdk_parse(&python, &cases);
+    assert_eq!(got.len(), cases.len());
+
+    // Chat: the SDK's final completion is the stored one (usage only when asked for).
+    for (i, stored) in chats.iter().enumerate() {
+        for (j, usage) in [true, false].into_iter().enumerate() {
+            let sdk = &got[2 * i + j];
+            let mut want = stored.clone();
+            if !usage {
+                want.as_object_mut().unwrap().remove("usage");
+                assert!(sdk["usage"].is_null(), "no usage without include_usage");
+            }
+            // The SDK's parsed message adds `parsed`; every stored field must match.
+            assert_covers(sdk, &want, &format!("chat case {i}, usage {usage}"));
+        }
+    }
+    // Legacy completions: text, finish reason and logprob tokens per choice.
+    let sdk = &got[6];
+    for (i, stored) in legacy_completion["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let c = &sdk["choices"][i];
+        assert_eq!(c["text"], stored["text"]);
+        assert_eq!(c["finish_reason"], stored["finish_reason"]);
+        assert_eq!(c["tokens"], stored["logprobs"]["tokens"]);
+    }
+    assert_covers(
+        &sdk["usage"],
+        &legacy_completion["usage"],
+        "completions usage",
+    );
+    // Responses: the text and arguments the SDK accumulated from the deltas, and the
+    // completed response, are the stored ones.
+    let sdk = &got[7];
+    let stored = stored_response();
+    assert_eq!(sdk["texts"]["2"], stored["output"][2]["content"][0]["text"]);
+    assert_eq!(sdk["arguments"]["1"], stored["output"][1]["arguments"]);
+    assert_covers(&sdk["completed"], &stored, "responses");
 }

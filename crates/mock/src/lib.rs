@@ -10,6 +10,9 @@
 //! - [`config`]: [`MockConfig`], [`Latency`] specs, prompt-cache parameters.
 //! - [`server`]: [`Mock`] (shared state, counters), [`app`], [`serve`], [`spawn_local`].
 //! - [`stats`]: request counters and recorded requests.
+//! - [`gate`], [`control`]: gates tests open to release held responses, and the request
+//!   headers that hold or cut a response (`x-mock-head-gate`, `x-mock-stream-gate`,
+//!   `x-mock-cut-after`).
 //! - `plan`: parsing a request into a prepared answer; special models; the tool rule.
 //! - `cache_options`: `prompt_cache_options` / `prompt_cache_breakpoint` validation and
 //!   the cache policy (block rules before GPT-5.6, breakpoint rules after).
@@ -29,8 +32,10 @@ mod chat;
 pub mod clock;
 mod completions;
 pub mod config;
+pub mod control;
 mod embeddings;
 mod error;
+pub mod gate;
 pub mod generate;
 mod messages;
 mod models;

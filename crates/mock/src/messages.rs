@@ -659,7 +659,14 @@ pub(crate) async fn answer(
         mock.count_stream();
         let cut_after = cut.then(|| (events.len() / 2).max(1));
         let delay = mock.chunk_delay_for(headers);
-        let mut resp = Response::new(sse::body(events, Pacing { delay, cut_after }, in_flight));
+        let mut resp = Response::new(sse::body(
+            events,
+            Pacing {
+                cut_after,
+                ..Pacing::paced(delay)
+            },
+            in_flight,
+        ));
         api_headers(&mut resp, &request_id, "text/event-stream; charset=utf-8");
         return resp;
     }
@@ -668,8 +675,8 @@ pub(crate) async fn answer(
         let mut r = Response::new(sse::body(
             vec![message.slice(..full / 2)],
             Pacing {
-                delay: Duration::ZERO,
                 cut_after: Some(1),
+                ..Pacing::paced(Duration::ZERO)
             },
             in_flight,
         ));

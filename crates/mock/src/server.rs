@@ -22,13 +22,15 @@ use crate::cache_options::{CacheRequest, cache_request};
 use crate::chat::{self, ChatPlan, PrepareCtx};
 use crate::completions::{self, CompletionsPlan};
 use crate::config::{Latency, MockConfig};
+use crate::control::Control;
 use crate::error::ApiError;
+use crate::gate::Gates;
 use crate::plan::{self, Special};
 use crate::prompt::{Mark, PromptInfo};
 use crate::prompt_cache::{BreakpointMode, CachePolicy, PromptCacheSim};
 use crate::responses::{self, ResponsesPlan};
 use crate::rng::{SplitMix64, alnum, mix64};
-use crate::sse::{self, Pacing};
+use crate::sse::{self, Pacing, StreamGate};
 use crate::stats::{Counters, MockRoute, RecordedRequest, Stats};
 use crate::{embeddings, messages, models};
 use prefixcache_core::provider::anthropic::{
@@ -55,6 +57,8 @@ pub struct Mock {
     ids: AtomicU64,
     id_salt: u64,
     shutdown: CancellationToken,
+    /// Where tests hold responses (`x-mock-head-gate`, `x-mock-stream-gate`).
+    gates: Arc<Gates>,
 }
 
 /// Everything known about an answer before the request-specific parts.
@@ -109,6 +113,7 @@ impl Mock {
             ids: AtomicU64::new(0),
             id_salt,
             shutdown: CancellationToken::new(),
+            gates: Arc::default(),
             config,
         }
     }
@@ -133,9 +138,16 @@ impl Mock {
         self.counters.snapshot(pc)
     }
 
-    /// Zeroes the counters, forgets recorded requests and empties the simulated caches.
+    /// The gates tests hold responses at (see `docs/mock-upstream.md`, "Test controls").
+    pub fn gates(&self) -> &Gates {
+        &self.gates
+    }
+
+    /// Zeroes the counters, forgets recorded requests and gates (releasing what they
+    /// hold) and empties the simulated caches.
     pub fn reset(&self) {
         self.counters.reset();
+        self.gates.reset();
         self.sim.lock().unwrap_or_else(|p| p.into_inner()).reset();
         self.anthropic
             .lock()
@@ -156,6 +168,15 @@ impl Mock {
     /// Releases requests that wait forever (`mock-timeout`), so shutdown can finish.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
+        self.gates.open_all();
+    }
+
+    /// Waits at a head gate, or until the mock shuts down.
+    async fn hold_head(&self, gate: &str) {
+        tokio::select! {
+            _ = self.gates.wait(gate) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
     }
 
     pub(crate) fn next_id(&self, prefix: &str, len: usize) -> String {
@@ -346,6 +367,8 @@ pub fn app(mock: Arc<Mock>) -> Router {
         .route("/mock/stats", get(stats_route))
         .route("/mock/reset", post(reset_route))
         .route("/mock/requests", get(requests_route))
+        .route("/mock/gates", get(gates_route))
+        .route("/mock/gates/{name}/open", post(open_gate_route))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(mock)
@@ -539,11 +562,18 @@ async fn answer(
     if let Err(e) = check_auth(mock, headers) {
         return error_response(mock, e, headers, started);
     }
+    let control = match Control::from_headers(headers, &mock.gates) {
+        Ok(c) => c,
+        Err(e) => return error_response(mock, e, headers, started),
+    };
     let plan = match mock.plan(route, body) {
         Ok(p) => p,
         Err(e) => return error_response(mock, e, headers, started),
     };
     mock.counters.model(&plan.model);
+    if let Some(gate) = &control.head_gate {
+        mock.hold_head(gate).await;
+    }
     match plan.special {
         Special::Error(status) => {
             return error_response(
@@ -605,8 +635,20 @@ async fn answer(
             Kind::Embeddings(_) | Kind::Empty => Vec::new(),
         };
         mock.counters.stream();
-        let cut_after = cut.then(|| (events.len() / 2).max(1));
-        let mut resp = Response::new(sse::body(events, Pacing { delay, cut_after }, in_flight));
+        let cut_after = control
+            .cut_after
+            .or_else(|| cut.then(|| (events.len() / 2).max(1)));
+        let gate = control.stream_gate.map(|(name, after)| StreamGate {
+            gates: mock.gates.clone(),
+            name,
+            after,
+        });
+        let pacing = Pacing {
+            delay,
+            cut_after,
+            gate,
+        };
+        let mut resp = Response::new(sse::body(events, pacing, in_flight));
         api_headers(
             mock,
             &mut resp,
@@ -640,11 +682,32 @@ async fn answer(
         let mut r = Response::new(sse::body(
             parts,
             Pacing {
-                delay: Duration::ZERO,
                 cut_after: Some(1),
+                ..Pacing::paced(Duration::ZERO)
             },
             in_flight,
         ));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+        r
+    } else if control.splits_body() {
+        // The body in parts at the bytes the test named; the length is the whole body's,
+        // so a cut is a short body, as a real connection reset would leave it.
+        let full = bytes.len();
+        let (parts, gate_at, cut_at) = control.split_json(&bytes);
+        let pacing = Pacing {
+            cut_after: cut_at,
+            gate: control
+                .stream_gate
+                .zip(gate_at)
+                .map(|((name, _), after)| StreamGate {
+                    gates: mock.gates.clone(),
+                    name,
+                    after,
+                }),
+            ..Pacing::paced(Duration::ZERO)
+        };
+        let mut r = Response::new(sse::body(parts, pacing, in_flight));
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(full));
         r
@@ -803,6 +866,20 @@ async fn fallback(
 
 async fn stats_route(State(mock): State<Arc<Mock>>) -> Response {
     axum::Json(mock.stats()).into_response()
+}
+
+/// `GET /mock/gates`: every gate with `open`, `waiting` and `passed`.
+async fn gates_route(State(mock): State<Arc<Mock>>) -> Response {
+    axum::Json(mock.gates.snapshot()).into_response()
+}
+
+/// `POST /mock/gates/{name}/open`: releases what the gate holds, and lets later requests
+/// through.
+async fn open_gate_route(State(mock): State<Arc<Mock>>, Path(name): Path<String>) -> Response {
+    match mock.gates.open(&name) {
+        Ok(()) => axum::Json(json!({"opened": name})).into_response(),
+        Err(e) => ApiError::invalid(e.to_string()).into_response(),
+    }
 }
 
 async fn reset_route(State(mock): State<Arc<Mock>>) -> Response {

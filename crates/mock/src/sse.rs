@@ -2,6 +2,7 @@
 //! ...\n\n`, `data: [DONE]\n\n`), and the response body that sends them one write per
 //! event, paced, optionally cut short.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use serde::Serialize;
 
+use crate::gate::Gates;
 use crate::stats::InFlight;
 
 /// `data: <json>\n\n`.
@@ -37,13 +39,34 @@ pub fn done() -> Bytes {
 }
 
 /// How a body is sent.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Pacing {
     /// Pause before every part but the first.
     pub delay: Duration,
     /// Send this many parts, then fail the body, which makes hyper close the connection
     /// without finishing the message (no terminating chunk, short of `content-length`).
     pub cut_after: Option<usize>,
+    /// Hold the rest of the body at a gate after some parts (`x-mock-stream-gate`).
+    pub gate: Option<StreamGate>,
+}
+
+impl Pacing {
+    /// Parts as fast as the client reads them, after `delay` each but the first.
+    pub fn paced(delay: Duration) -> Pacing {
+        Pacing {
+            delay,
+            cut_after: None,
+            gate: None,
+        }
+    }
+}
+
+/// Where a body waits for a test: after `after` parts, at gate `name`.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamGate {
+    pub gates: Arc<Gates>,
+    pub name: String,
+    pub after: usize,
 }
 
 struct State {
@@ -73,6 +96,10 @@ pub(crate) fn body(parts: Vec<Bytes>, pacing: Pacing, in_flight: InFlight) -> Bo
             tokio::task::yield_now().await;
             let err = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "mock-cut-stream");
             return Some((Err(err), st));
+        }
+        if let Some(gate) = st.pacing.gate.take_if(|g| g.after == st.sent) {
+            // Returns Pending meanwhile, so the parts sent so far are flushed first.
+            let _ = gate.gates.wait(&gate.name).await;
         }
         let part = st.parts.next()?;
         if st.sent > 0 && !st.pacing.delay.is_zero() {

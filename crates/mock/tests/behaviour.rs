@@ -14,6 +14,18 @@ use prefixcache_mock::clock::ManualClock;
 use prefixcache_mock::{Latency, MockConfig, MockRoute, spawn_local};
 use serde_json::{Value, json};
 
+/// Polls `cond` until it holds; the bound only turns a broken build into a failure.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 120 s for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
 }
@@ -247,13 +259,7 @@ async fn timeout_model_waits_until_the_client_gives_up_and_leaks_nothing() {
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     // The handler ends with the connection: in-flight drops back to zero.
-    for _ in 0..500 {
-        if server.stats().in_flight == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(server.stats().in_flight, 0);
+    wait_until("nothing in flight", || server.stats().in_flight == 0).await;
     server.shutdown().await.unwrap();
 }
 
@@ -269,13 +275,10 @@ async fn shutdown_releases_a_hanging_request() {
             .await
             .map(|r| r.status().as_u16())
     });
-    for _ in 0..2000 {
-        if server.stats().in_flight > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(server.stats().in_flight, 1, "the hanging request arrived");
+    wait_until("the hanging request arrived", || {
+        server.stats().in_flight == 1
+    })
+    .await;
     server.shutdown().await.unwrap();
     let outcome = pending.await.unwrap();
     assert!(matches!(outcome, Ok(503) | Err(_)), "{outcome:?}");
@@ -320,13 +323,7 @@ async fn cut_stream_closes_without_done() {
         .unwrap();
     assert!(expected > 0);
     assert!(resp.bytes().await.is_err(), "the body is cut short");
-    for _ in 0..500 {
-        if server.stats().in_flight == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(server.stats().in_flight, 0);
+    wait_until("nothing in flight", || server.stats().in_flight == 0).await;
     server.shutdown().await.unwrap();
 }
 
@@ -592,4 +589,154 @@ async fn a_conversation_key_raises_the_cached_share_over_http() {
         with > without + 0.1,
         "cached share with key {with:.3}, without {without:.3}"
     );
+}
+
+/// Complete SSE events in `bytes` (the mock's events contain no blank line).
+fn count_events(bytes: &[u8]) -> usize {
+    bytes.windows(2).filter(|w| w == b"\n\n").count()
+}
+
+/// A head gate holds the whole response (errors included) until the test opens it; a
+/// stream gate holds the rest of a body after N parts; `x-mock-cut-after` cuts a stream
+/// after N events and a JSON body after N bytes. Over HTTP too (`/mock/gates`).
+#[tokio::test]
+async fn gates_hold_and_cuts_cut_where_the_test_says() {
+    let server = spawn_local(MockConfig::default()).await.unwrap();
+    let url = format!("{}/v1/chat/completions", server.url());
+    let gates = server.mock.gates();
+
+    // Head gate, on an error model: nothing arrives until the gate opens.
+    let held = tokio::spawn({
+        let url = url.clone();
+        async move {
+            client()
+                .post(url)
+                .header("x-mock-head-gate", "head")
+                .body(chat("mock-error-500", false).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    wait_until("held at the head gate", || gates.state("head").waiting == 1).await;
+    assert!(!held.is_finished());
+    let listed: Value = serde_json::from_slice(
+        &client()
+            .get(format!("{}/mock/gates", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        listed["head"],
+        json!({"open": false, "waiting": 1, "passed": 0})
+    );
+    let opened = client()
+        .post(format!("{}/mock/gates/head/open", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    assert_eq!(held.await.unwrap(), 500);
+    assert_eq!(gates.state("head").passed, 1);
+
+    // Stream gate after 3 events: exactly those arrive, then the rest after opening.
+    let mut resp = client()
+        .post(&url)
+        .header("x-mock-stream-gate", "mid@3")
+        .body(chat("gpt-4o-mini", true).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while count_events(&got) < 3 {
+        got.extend_from_slice(&resp.chunk().await.unwrap().unwrap());
+    }
+    wait_until("held mid-stream", || gates.state("mid").waiting == 1).await;
+    assert_eq!(count_events(&got), 3, "nothing past the gate yet");
+    gates.open("mid").unwrap();
+    while let Some(c) = resp.chunk().await.unwrap() {
+        got.extend_from_slice(&c);
+    }
+    assert!(String::from_utf8_lossy(&got).ends_with("data: [DONE]\n\n"));
+
+    // Cut after 4 events of a stream, and after 10 bytes of a JSON body.
+    let mut resp = client()
+        .post(&url)
+        .header("x-mock-cut-after", "4")
+        .body(chat("gpt-4o-mini", true).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let cut = loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => got.extend_from_slice(&c),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(cut, "the stream is cut, not ended");
+    assert_eq!(count_events(&got), 4);
+    let resp = client()
+        .post(&url)
+        .header("x-mock-cut-after", "10")
+        .body(chat("gpt-4o-mini", false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            > 10
+    );
+    assert!(resp.bytes().await.is_err(), "a short body");
+
+    // Malformed controls are the API's 400.
+    for (name, value) in [
+        ("x-mock-head-gate", "two words"),
+        ("x-mock-stream-gate", "g@x"),
+        ("x-mock-cut-after", "-3"),
+    ] {
+        let r = client()
+            .post(&url)
+            .header(name, value)
+            .body(chat("gpt-4o-mini", false).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{name}: {value}");
+        let e: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(e["error"]["type"], "invalid_request_error");
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Shutdown opens every gate: a held response ends, the server stops.
+#[tokio::test]
+async fn shutdown_releases_gated_responses() {
+    let server = spawn_local(MockConfig::default()).await.unwrap();
+    let url = format!("{}/v1/chat/completions", server.url());
+    let held = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("x-mock-head-gate", "forever")
+            .body(chat("gpt-4o-mini", false).to_string())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let gates = server.mock.gates();
+    wait_until("held", || gates.state("forever").waiting == 1).await;
+    server.shutdown().await.unwrap();
+    assert!(matches!(held.await.unwrap(), Ok(200) | Err(_)));
 }

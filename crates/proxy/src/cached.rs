@@ -694,10 +694,17 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
                 if is_sse {
                     for event in splitter.push_bytes(chunk) {
                         let kind = assembler.push(&event);
-                        flight.push(Chunk {
+                        let chunk = Chunk {
                             bytes: event.raw.clone(),
                             usage_only: kind == EventKind::UsageOnly,
-                        });
+                        };
+                        // The event that ends a stream reaches readers once the answer
+                        // is stored (read-your-writes, see `finish_flight`).
+                        if matches!(kind, EventKind::Done | EventKind::Completed) {
+                            flight.push_held(chunk);
+                        } else {
+                            flight.push(chunk);
+                        }
                     }
                     if splitter.pending_len() > MAX_EVENT_BYTES {
                         // No real event is this large: the upstream is not speaking SSE.
@@ -709,7 +716,8 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
                         break;
                     }
                 } else {
-                    flight.push(Chunk {
+                    // Any chunk of a JSON body may be its last: each waits for the next.
+                    flight.push_held(Chunk {
                         bytes: chunk,
                         usage_only: false,
                     });
@@ -757,7 +765,6 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
         (summary.complete, summary.model, summary.usage)
     };
     let model = model.unwrap_or_default();
-    flight.finish(complete, usage, model.clone());
     state.account(
         &plan.ledger,
         Ending {
@@ -768,39 +775,54 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
             source: Source::Upstream,
         },
     );
-    if !complete {
-        return;
-    }
-    if let Some(store) = &plan.store {
+    if complete && let Some(store) = &plan.store {
         if let Some(reason) = caching.refusal(store.own_namespace) {
             // The provider said not to keep (or share) this answer.
             metrics
                 .store_skipped
                 .get_or_create(&ReasonLabels { reason })
                 .inc();
-            return;
+        } else {
+            let form = if is_sse {
+                ContentForm::Sse
+            } else {
+                ContentForm::Json
+            };
+            let entry = entry(plan.route, store, state.now_ms(), form, &model, usage, body);
+            state.store_put(&store.key, &entry).await;
         }
-        let now = state.now_ms();
-        let entry = Entry {
-            meta: EntryMeta {
-                created_at_ms: now,
-                expires_at_ms: now.saturating_add(store.ttl.as_millis() as u64),
-                request_hash: store.request_hash,
-                route: plan.route,
-                form: if is_sse {
-                    ContentForm::Sse
-                } else {
-                    ContentForm::Json
-                },
-                strategy: store.strategy.clone(),
-                family: store.family,
-                namespace_tag: store.namespace_tag,
-                model,
-                usage: usage.unwrap_or(Usage::default()),
-            },
-            body,
-        };
-        state.store_put(&store.key, &entry).await;
+    }
+    // Only now do readers receive the held end of the body: whoever has read a whole
+    // answer finds it stored, so the same caller's next request is a HIT rather than a
+    // second upstream call or a COALESCED join of this flight. The cost is one store
+    // write (bounded by `store.timeout`) before the last bytes.
+    flight.finish(complete, usage, model);
+}
+
+/// The entry for a complete answer, stored at `now`.
+fn entry(
+    route: Route,
+    store: &StorePlan,
+    now: u64,
+    form: ContentForm,
+    model: &str,
+    usage: Option<Usage>,
+    body: Bytes,
+) -> Entry {
+    Entry {
+        meta: EntryMeta {
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(store.ttl.as_millis() as u64),
+            request_hash: store.request_hash,
+            route,
+            form,
+            strategy: store.strategy.clone(),
+            family: store.family,
+            namespace_tag: store.namespace_tag,
+            model: model.to_string(),
+            usage: usage.unwrap_or_default(),
+        },
+        body,
     }
 }
 

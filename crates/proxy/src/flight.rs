@@ -57,6 +57,9 @@ pub enum FailKind {
 struct State {
     head: Option<Head>,
     chunks: Vec<Chunk>,
+    /// A chunk readers do not see yet ([`Flight::push_held`]): part of the body, released
+    /// by the next push or by the end.
+    held: Option<Chunk>,
     end: Option<End>,
     /// Usage and model of the finished response, for followers' accounting.
     summary: Option<(Option<Usage>, String)>,
@@ -139,12 +142,32 @@ impl Flight {
     }
 
     pub fn push(&self, chunk: Chunk) {
-        self.lock().chunks.push(chunk);
+        {
+            let mut state = self.lock();
+            state.release_held();
+            state.chunks.push(chunk);
+        }
+        self.bump();
+    }
+
+    /// Appends a chunk that readers receive only with the next push or the end: the
+    /// reading task holds back what may be a response's last bytes until the response is
+    /// stored, so a caller that has read its whole answer finds it in the cache.
+    pub fn push_held(&self, chunk: Chunk) {
+        {
+            let mut state = self.lock();
+            state.release_held();
+            state.held = Some(chunk);
+        }
         self.bump();
     }
 
     pub fn end(&self, end: End) {
-        self.lock().end = Some(end);
+        {
+            let mut state = self.lock();
+            state.release_held();
+            state.end = Some(end);
+        }
         self.bump();
     }
 
@@ -152,6 +175,7 @@ impl Flight {
     pub fn finish(&self, complete: bool, usage: Option<Usage>, model: String) {
         {
             let mut state = self.lock();
+            state.release_held();
             state.summary = Some((usage, model));
             state.end = Some(End::Finished { complete });
         }
@@ -163,12 +187,14 @@ impl Flight {
         self.lock().summary.clone()
     }
 
-    /// The whole body received so far (the stored body once the flight finished).
+    /// The whole body received so far, held chunk included (the stored body once
+    /// upstream finished).
     pub fn body(&self) -> Bytes {
         let state = self.lock();
-        let len = state.chunks.iter().map(|c| c.bytes.len()).sum();
+        let all = || state.chunks.iter().chain(&state.held);
+        let len = all().map(|c| c.bytes.len()).sum();
         let mut out = Vec::with_capacity(len);
-        for c in &state.chunks {
+        for c in all() {
             out.extend_from_slice(&c.bytes);
         }
         Bytes::from(out)
@@ -231,6 +257,14 @@ impl Flight {
     /// The head if it has arrived (no waiting).
     pub fn head_now(&self) -> Option<Head> {
         self.lock().head.clone()
+    }
+}
+
+impl State {
+    fn release_held(&mut self) {
+        if let Some(chunk) = self.held.take() {
+            self.chunks.push(chunk);
+        }
     }
 }
 
@@ -337,6 +371,40 @@ mod tests {
         assert!(got.iter().enumerate().all(|(i, b)| b[0] == i as u8));
         assert_eq!(end, End::Finished { complete: true });
         assert_eq!(f.body().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_held_chunk_is_in_the_body_but_reaches_readers_only_at_the_end() {
+        let f = Flight::new();
+        let chunk = |b: &'static [u8]| Chunk {
+            bytes: Bytes::from_static(b),
+            usage_only: false,
+        };
+        f.push(chunk(b"a"));
+        f.push_held(chunk(b"b"));
+        assert_eq!(&f.body()[..], b"ab", "stored with the held chunk");
+        let Next::Chunks(seen) = f.next(0).await else {
+            panic!("the first chunk is visible")
+        };
+        assert_eq!(seen.len(), 1);
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(1), f.next(1)).await;
+        assert!(pending.is_err(), "the held chunk is not visible yet");
+        // A later push releases it first; the end releases the last one.
+        f.push_held(chunk(b"c"));
+        let Next::Chunks(seen) = f.next(1).await else {
+            panic!("released by the next push")
+        };
+        assert_eq!(&seen[0].bytes[..], b"b");
+        f.finish(true, None, String::new());
+        let Next::Chunks(seen) = f.next(2).await else {
+            panic!("released by the end")
+        };
+        assert_eq!(&seen[0].bytes[..], b"c");
+        assert!(matches!(
+            f.next(3).await,
+            Next::End(End::Finished { complete: true })
+        ));
+        assert_eq!(&f.body()[..], b"abc");
     }
 
     #[test]

@@ -342,15 +342,13 @@ async fn other_routes_are_cached_too() {
 
 #[tokio::test]
 async fn a_client_that_leaves_mid_stream_still_gets_the_response_stored() {
-    let mock = prefixcache_mock::MockConfig {
-        chunk_delay: Duration::from_millis(20),
-        ..Default::default()
-    };
-    let h = Harness::start(Setup::default().mock(mock)).await;
+    let h = Harness::start(Setup::default()).await;
     let mut body = chat_body("leave early");
     body["stream"] = json!(true);
+    // The upstream sends two events and holds the rest until the client has left.
     let mut resp = h
         .post("/v1/chat/completions")
+        .header("x-mock-stream-gate", "leave@2")
         .json(&body)
         .send()
         .await
@@ -359,6 +357,8 @@ async fn a_client_that_leaves_mid_stream_still_gets_the_response_stored() {
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(!first.is_empty());
     drop(resp);
+    h.held_at("leave", 1).await;
+    h.open_gate("leave");
     h.settle().await;
     let after = h.chat(&chat_body("leave early")).await;
     assert_eq!(
@@ -367,4 +367,90 @@ async fn a_client_that_leaves_mid_stream_still_gets_the_response_stored() {
         "the proxy finished reading and stored it"
     );
     assert_eq!(h.upstream_calls(), 1);
+}
+
+/// The text of every choice of a streamed chat or legacy completion, by index.
+fn streamed_choices(r: &Reply) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for data in String::from_utf8_lossy(&r.body)
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+    {
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            if out.len() <= i {
+                out.resize(i + 1, String::new());
+            }
+            let piece = c["delta"]["content"].as_str().or(c["text"].as_str());
+            out[i].push_str(piece.unwrap_or(""));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_streamed_legacy_completion_is_a_streamed_hit() {
+    let h = Harness::start(Setup::default()).await;
+    let stream = json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Once upon a time",
+        "max_tokens": 16, "temperature": 0, "stream": true});
+    let a = h.send("/v1/completions", &stream).await;
+    let b = h.send("/v1/completions", &stream).await;
+    assert_eq!((a.cache(), b.cache()), ("MISS", "HIT"));
+    assert!(
+        b.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(b.body, a.body, "the stream is replayed byte for byte");
+    let text = streamed_choices(&a);
+    assert!(!text[0].is_empty());
+    // The same request not streamed is answered from the stored stream.
+    let mut json_body = stream.clone();
+    json_body["stream"] = json!(false);
+    let c = h.send("/v1/completions", &json_body).await;
+    assert_eq!(c.cache(), "HIT");
+    assert_eq!(c.json()["choices"][0]["text"], text[0]);
+    assert_eq!(h.upstream_calls(), 1);
+}
+
+#[tokio::test]
+async fn several_choices_are_stored_and_served_in_either_form() {
+    let h = Harness::start(Setup::default()).await;
+    // JSON first, then the stream from the stored JSON.
+    let mut body = chat_body("three choices");
+    body["n"] = json!(3);
+    let a = h.chat(&body).await;
+    assert_eq!(a.cache(), "MISS");
+    let choices: Vec<String> = (0..3)
+        .map(|i| {
+            a.json()["choices"][i]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(choices.iter().all(|c| !c.is_empty()));
+    body["stream"] = json!(true);
+    let b = h.chat(&body).await;
+    assert_eq!(b.cache(), "HIT");
+    assert_eq!(streamed_choices(&b), choices);
+
+    // A stream first, then the JSON from the stored stream.
+    let mut body = chat_body("two choices");
+    body["n"] = json!(2);
+    body["stream"] = json!(true);
+    let c = h.chat(&body).await;
+    assert_eq!(c.cache(), "MISS");
+    let streamed = streamed_choices(&c);
+    assert_eq!(streamed.len(), 2);
+    body["stream"] = json!(false);
+    let d = h.chat(&body).await;
+    assert_eq!(d.cache(), "HIT");
+    for (i, text) in streamed.iter().enumerate() {
+        assert_eq!(d.json()["choices"][i]["message"]["content"], *text);
+        assert_eq!(d.json()["choices"][i]["index"], i);
+    }
+    assert_eq!(h.upstream_calls(), 2);
 }

@@ -109,21 +109,23 @@ async fn normalize_whitespace_merges_families_and_keys_but_forwards_the_original
 
 #[tokio::test]
 async fn prefix_mode_never_coalesces_different_requests_of_one_family() {
-    let mock = prefixcache_mock::MockConfig {
-        latency: prefixcache_mock::Latency::Fixed(std::time::Duration::from_millis(300)),
-        ..Default::default()
-    };
-    let h = Harness::start(
-        Setup::default()
-            .mock(mock)
-            .toml("[strategies.default]\nkey_mode = \"prefix\""),
-    )
-    .await;
+    let h =
+        Harness::start(Setup::default().toml("[strategies.default]\nkey_mode = \"prefix\"")).await;
     let (alpha, beta) = (
         doc(SYSTEM, "Document: alpha"),
         doc(SYSTEM, "Document: beta"),
     );
-    let (a, b) = tokio::join!(h.chat(&alpha), h.chat(&beta));
+    let gate = [("x-mock-head-gate", "one-slot")];
+    let release = async {
+        // Both reach the upstream: neither joined the other's flight.
+        h.held_at("one-slot", 2).await;
+        h.open_gate("one-slot");
+    };
+    let (a, b, ()) = tokio::join!(
+        h.chat_with(&gate, &alpha),
+        h.chat_with(&gate, &beta),
+        release
+    );
     assert_eq!(
         a.header("x-prefixcache-key"),
         b.header("x-prefixcache-key"),

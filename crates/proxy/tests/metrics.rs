@@ -6,13 +6,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{Harness, Setup, chat_body, metric};
 use prefixcache_core::key::CacheKey;
 use prefixcache_core::pricing::PriceTable;
-use prefixcache_mock::{Latency, MockConfig};
 use prefixcache_store::memory::MemoryStore;
 use prefixcache_store::{
     CacheStore, Clock, Entry, ManualClock, PurgeFilter, StoreError, StoreStats,
@@ -87,25 +85,23 @@ async fn scripted_sequence_gives_exact_deltas() {
         inner: MemoryStore::new(64 << 20, clock_dyn),
         broken: false.into(),
     });
-    let mock = MockConfig {
-        latency: Latency::Fixed(Duration::from_millis(300)),
-        ..Default::default()
-    };
-    let h = Harness::start(
-        Setup::default()
-            .mock(mock)
-            .clock(clock)
-            .store(store.clone()),
-    )
-    .await;
+    let h = Harness::start(Setup::default().clock(clock).store(store.clone())).await;
 
     // 1 miss, then 1 hit.
     let miss = h.chat(&chat_body("metered")).await;
     h.settle().await;
     assert_eq!(h.chat(&chat_body("metered")).await.cache(), "HIT");
-    // 3 identical concurrent requests: 1 miss + 2 coalesced.
+    // 3 identical concurrent requests: 1 miss + 2 coalesced (the upstream holds its
+    // answer until both followers joined).
     let body = chat_body("metered together");
-    let replies = futures_util::future::join_all((0..3).map(|_| h.chat(&body))).await;
+    let gate = [("x-mock-head-gate", "together")];
+    let replies = futures_util::future::join_all((0..3).map(|_| h.chat_with(&gate, &body)));
+    let release = async {
+        h.held_at("together", 1).await;
+        h.followers(2).await;
+        h.open_gate("together");
+    };
+    let (replies, ()) = tokio::join!(replies, release);
     let together = replies.iter().find(|r| r.cache() == "MISS").unwrap();
     assert_eq!(
         replies.iter().filter(|r| r.cache() == "COALESCED").count(),

@@ -214,8 +214,18 @@ async fn token_metrics_count_upstream_and_cache_separately() {
         1.0,
         "a short prompt cannot be provider-cached"
     );
-    assert!(
-        m.contains("# HELP prefixcache_tokens Tokens"),
-        "every metric has help text"
-    );
+    // Every family the endpoint exports has help text.
+    let families: Vec<&str> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert!(families.len() >= 14, "{families:?}");
+    for family in families {
+        let help = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("# HELP {family} ")))
+            .unwrap_or_else(|| panic!("{family} has no # HELP line"));
+        assert!(help.trim().len() > 10, "{family}: help text {help:?}");
+    }
 }

@@ -1,12 +1,21 @@
-//! The effect of `prompt_cache_key` on the provider's prompt cache, measured with the
-//! mock's simulation: many multi-turn conversations sharing one long system
-//! prompt, at a rate far above the provider's ~15 requests/minute overflow threshold.
+//! The effect of `prompt_cache_key` on the provider's prompt cache, in the mock's
+//! simulation: many multi-turn conversations sharing one long system prompt, at a rate
+//! far above the provider's ~15 requests/minute overflow threshold.
+//!
+//! The figures are simulated, and repeat exactly: the mock's clock is a manual clock
+//! (every request arrives at one simulated instant) and requests are sent one after
+//! another in a fixed order, so the simulation's seeded draws (which machine an
+//! overflowing request lands on) are consumed in the same order on every run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{Harness, Setup, metric};
+use prefixcache_mock::MockConfig;
+use prefixcache_mock::clock::ManualClock;
 use serde_json::{Value, json};
 
 const CONVERSATIONS: usize = 24;
@@ -31,10 +40,15 @@ fn user_turn(c: usize, turn: usize) -> String {
     )
 }
 
-/// Runs every conversation turn by turn (all conversations concurrently per turn) and
-/// returns (cached share of prompt tokens, dollars spent) from the proxy's metrics.
+/// Runs every conversation turn by turn (each turn of every conversation at the same
+/// simulated instant, in a fixed order) and returns (cached share of prompt tokens,
+/// dollars spent) from the proxy's metrics.
 async fn run(policy: &str) -> (f64, f64) {
-    let h = Harness::start(Setup::default().toml(&format!(
+    let mock = MockConfig {
+        clock: Arc::new(ManualClock::new()),
+        ..Default::default()
+    };
+    let h = Harness::start(Setup::default().mock(mock).toml(&format!(
         "[strategies.default]\nprompt_cache_key = \"{policy}\""
     )))
     .await;
@@ -50,7 +64,10 @@ async fn run(policy: &str) -> (f64, f64) {
             .iter()
             .map(|messages| json!({"model": "gpt-4o-mini", "temperature": 0, "messages": messages}))
             .collect();
-        let replies = futures_util::future::join_all(bodies.iter().map(|b| h.chat(b))).await;
+        let mut replies = Vec::with_capacity(bodies.len());
+        for b in &bodies {
+            replies.push(h.chat(b).await);
+        }
         for (history, reply) in histories.iter_mut().zip(&replies) {
             assert_eq!(reply.status, 200);
             history.push(json!({"role": "assistant", "content": reply.content()}));
@@ -75,6 +92,11 @@ async fn run(policy: &str) -> (f64, f64) {
 async fn a_conversation_key_raises_provider_cache_hits_and_lowers_cost() {
     let (off_share, off_usd) = run("off").await;
     let (conv_share, conv_usd) = run("conversation").await;
+    assert_eq!(
+        run("off").await,
+        (off_share, off_usd),
+        "a second run gives the same simulated figures"
+    );
     println!(
         "provider cache, {CONVERSATIONS} conversations x {TURNS} turns: \
          off: cached share {off_share:.3}, ${off_usd:.6}; \

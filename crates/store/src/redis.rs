@@ -4,9 +4,19 @@
 //! # Client
 //! redis-rs: a multiplexed `ConnectionManager` (one connection shared by all requests,
 //! reconnecting on its own after errors) for standalone, and the async cluster
-//! connection (slot discovery, MOVED/ASK redirects, reconnects) for Cluster. The first
-//! connection is made lazily by the first operation, so a proxy starts, and fails open,
-//! while Redis is down; every operation is bounded by the guard's timeout anyway.
+//! connection (slot discovery, reconnects) for Cluster. The first connection is made
+//! lazily by the first operation, so a proxy starts, and fails open, while Redis is
+//! down; every operation is bounded by the guard's timeout anyway.
+//!
+//! # Redirects
+//! Cluster redirects are followed here, not by redis-rs (its retries are off). A `MOVED`
+//! goes to the node it names (redis-rs refreshes its slot map meanwhile). An `ASK` (the
+//! key's slot is being migrated and the key is already on the target) needs `ASKING`
+//! immediately before the command on the same connection; redis-rs sends the two as
+//! separate requests on a connection it multiplexes, so under load other requests come
+//! between them, the command bounces between source and target, and operations time
+//! out (a test migrating a slot under load saw most of its 480 operations fail). Here
+//! `ASKING` and the command go to the target as one pipeline.
 //!
 //! # Keys and values
 //! An entry lives under `prefixcache:v1:<64 hex key>` as the binary encoding of
@@ -39,7 +49,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, TlsMode, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, TlsMode, Value};
+use tokio::sync::OnceCell;
 
 use crate::entry;
 use crate::{CacheStore, Clock, Entry, PurgeFilter, StoreError, StoreStats};
@@ -312,10 +323,12 @@ impl Shared {
         let client = match target {
             RedisTarget::Standalone(u) => Client::Single(redis::Client::open(u).map_err(bad)?),
             RedisTarget::Cluster { nodes, tls, db } => {
+                // No retries inside the client: redirects are followed by `run` (see
+                // the module docs), and any other failure fails open at once.
                 let mut b = ClusterClientBuilder::new(nodes)
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
-                    .retries(2);
+                    .retries(0);
                 if let Some(tls) = tls {
                     b = b.tls(tls);
                 }
@@ -415,7 +428,7 @@ impl Shared {
             Ordering::Relaxed,
         );
         let mut conn = self.conn().await?;
-        let result = cmd.query_async(&mut conn).await.map_err(unavailable);
+        let result = run(&mut conn, cmd).await;
         // An error the server replied with is an answer too: the connection works.
         if !matches!(result, Err(StoreError::Unavailable(_))) {
             self.unanswered_since_ms.store(0, Ordering::Relaxed);
@@ -567,7 +580,7 @@ impl Shared {
             let mut conn = conn.clone();
             let mut cmd = redis::cmd("GETRANGE");
             cmd.arg(k).arg(0).arg(HEADER_PROBE - 1);
-            async move { cmd.query_async(&mut conn).await.map_err(unavailable) }
+            async move { run(&mut conn, &cmd).await }
         }))
         .await?;
         let (mut doomed, mut garbage) = (Vec::new(), Vec::new());
@@ -580,7 +593,7 @@ impl Shared {
                 Ok(n) => {
                     let mut get = redis::cmd("GETRANGE");
                     get.arg(&k).arg(0).arg(n - 1);
-                    let full: Vec<u8> = get.query_async(conn).await.map_err(unavailable)?;
+                    let full: Vec<u8> = run(conn, &get).await?;
                     entry::decode_meta(&full)
                 }
                 Err(e) => Err(e),
@@ -605,11 +618,62 @@ impl Shared {
             let mut conn = conn.clone();
             let mut cmd = redis::cmd("DEL");
             cmd.arg(k);
-            async move { cmd.query_async(&mut conn).await.map_err(unavailable) }
+            async move { run(&mut conn, &cmd).await }
         }))
         .await?;
         Ok(counts.iter().sum())
     }
+}
+
+/// Redirects followed for one command: a slot can move on once more while we follow it.
+const MAX_REDIRECTS: usize = 3;
+
+/// Runs one single-key command, following cluster redirects (see the module docs).
+async fn run<T: redis::FromRedisValue>(conn: &mut Conn, cmd: &Cmd) -> Result<T, StoreError> {
+    let value = match cmd.query_async::<Value>(conn).await {
+        Ok(v) => v,
+        Err(e) => follow(conn, cmd, e).await?,
+    };
+    redis::from_redis_value(value).map_err(|e| StoreError::Backend(format!("redis: {e}")))
+}
+
+async fn follow(conn: &mut Conn, cmd: &Cmd, mut err: RedisError) -> Result<Value, StoreError> {
+    let Conn::Cluster(cluster) = conn else {
+        return Err(unavailable(err));
+    };
+    for _ in 0..MAX_REDIRECTS {
+        let ask = match err.kind() {
+            ErrorKind::Server(ServerErrorKind::Ask) => true,
+            ErrorKind::Server(ServerErrorKind::Moved) => false,
+            _ => break,
+        };
+        let Some((host, port)) = err
+            .redirect_node()
+            .and_then(|(addr, _slot)| addr.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        else {
+            break;
+        };
+        let node = SingleNodeRoutingInfo::ByAddress { host, port };
+        let result = if ask {
+            // One pipeline, one write: nothing can come between ASKING and the command.
+            let mut pipe = redis::pipe();
+            pipe.cmd("ASKING").add_command(cmd.clone());
+            cluster
+                .route_pipeline(pipe, 1, 1, node)
+                .await
+                .and_then(|mut replies| replies.pop().unwrap_or(Value::Nil).extract_error())
+        } else {
+            cluster
+                .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
+                .await
+        };
+        match result {
+            Ok(v) => return Ok(v),
+            Err(e) => err = e,
+        }
+    }
+    Err(unavailable(err))
 }
 
 /// Calls `f` with every text in a reply (a bulk string, or the values of a per-node map).

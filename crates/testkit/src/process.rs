@@ -25,8 +25,21 @@ impl Service {
     /// `listening on http://...`. Panics with what the process printed if it exits or
     /// never says so.
     pub fn start(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Service {
+        Service::start_in(program, args, envs, None)
+    }
+
+    /// [`Service::start`] with the working directory `dir` (default: the test's).
+    pub fn start_in(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        dir: Option<&Path>,
+    ) -> Service {
         let name = format!("{} {}", program.display(), args.join(" "));
         let mut cmd = Command::new(program);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -92,9 +105,19 @@ impl Service {
 
     /// Sends SIGTERM and waits for the exit status (killing it after 60 s).
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_term();
+        self.wait()
+    }
+
+    /// Sends SIGTERM without waiting (the process drains; see [`Service::wait`]).
+    pub fn signal_term(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits for the exit status (killing the process after 60 s).
+    pub fn wait(&mut self) -> ExitStatus {
         for _ in 0..600 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
@@ -102,7 +125,7 @@ impl Service {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
-        panic!("{} did not exit within 60 s of SIGTERM", self.name);
+        panic!("{} did not exit within 60 s", self.name);
     }
 }
 

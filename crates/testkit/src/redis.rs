@@ -331,7 +331,8 @@ fn make_certs(dir: &Path) -> io::Result<()> {
     ])
 }
 
-/// A local Redis Cluster of masters only (no replicas), each a [`RedisServer`].
+/// A local Redis Cluster, each node a [`RedisServer`]: masters only, or masters with
+/// replicas (for failover tests).
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -342,10 +343,16 @@ impl RedisCluster {
     /// with `redis-cli --cluster create`, and waits until every node reports
     /// `cluster_state:ok`. Panics with the tools' output if that fails.
     pub fn start(masters: usize) -> RedisCluster {
+        RedisCluster::start_with_replicas(masters, 0)
+    }
+
+    /// Like [`RedisCluster::start`], with `replicas` replicas per master, and waits until
+    /// every replica has finished its first sync.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
         assert!(masters >= 3, "Redis Cluster needs at least 3 masters");
         let mut last_err = String::new();
         for _ in 0..3 {
-            match RedisCluster::try_start(masters) {
+            match RedisCluster::try_start(masters, replicas) {
                 Ok(c) => return c,
                 Err(e) => last_err = e,
             }
@@ -353,9 +360,10 @@ impl RedisCluster {
         panic!("could not build a Redis Cluster: {last_err}");
     }
 
-    fn try_start(masters: usize) -> Result<RedisCluster, String> {
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
+    fn try_start(masters: usize, replicas: usize) -> Result<RedisCluster, String> {
+        let count = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
             // The cluster bus listens on port + 10000, which must be free too.
             let port = free_port(true).map_err(|e| e.to_string())?;
             let dir = tempfile::Builder::new()
@@ -389,7 +397,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("running redis-cli: {e}"))?;
@@ -407,10 +415,17 @@ impl RedisCluster {
 
     fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
         loop {
             let ready = self.nodes.iter().all(|n| {
-                n.command(&["CLUSTER", "INFO"])
-                    .is_ok_and(|r| r.text().contains("cluster_state:ok"))
+                n.command(&["CLUSTER", "INFO"]).is_ok_and(|r| {
+                    let info = r.text();
+                    info.contains("cluster_state:ok") && info.contains(&known)
+                }) && n.command(&["ROLE"]).is_ok_and(|r| {
+                    // A replica is ready once connected and synced.
+                    let role = r.text();
+                    !role.starts_with("slave") || role.contains("connected")
+                })
             });
             if ready {
                 return Ok(());
@@ -438,6 +453,58 @@ impl RedisCluster {
 
     pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
         &mut self.nodes
+    }
+
+    /// The node that owns the slot of `key` now (the one that answers it without a
+    /// redirect).
+    pub fn owner_of(&self, key: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.command(&["ROLE"])
+                .is_ok_and(|r| r.text().starts_with("master"))
+                && n.command(&["EXISTS", key]).is_ok_and(|r| r.is_ok())
+        })
+    }
+
+    /// The replicas of master `master` (indices into [`RedisCluster::nodes`]).
+    pub fn replicas_of(&self, master: usize) -> Vec<usize> {
+        let Ok(id) = self.nodes[master].command(&["CLUSTER", "MYID"]) else {
+            return Vec::new();
+        };
+        let id = id.text();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| {
+                *i != master
+                    && n.command(&["CLUSTER", "NODES"]).is_ok_and(|r| {
+                        r.text()
+                            .lines()
+                            .any(|l| l.contains("myself") && l.contains(&id))
+                    })
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// A manual failover (`CLUSTER FAILOVER` on `replica`): waits until the replica is a
+    /// master and every node agrees on the cluster's shape again. Panics if that does
+    /// not happen within the ready timeout.
+    pub fn fail_over_to(&self, replica: usize) {
+        let reply = self.nodes[replica]
+            .command(&["CLUSTER", "FAILOVER"])
+            .unwrap_or_else(|e| panic!("CLUSTER FAILOVER: {e}"));
+        assert!(reply.is_ok(), "CLUSTER FAILOVER: {reply:?}");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let promoted = self.nodes[replica]
+                .command(&["ROLE"])
+                .is_ok_and(|r| r.text().starts_with("master"));
+            if promoted && self.wait_ready().is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "failover did not complete");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

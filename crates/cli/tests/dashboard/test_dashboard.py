@@ -20,6 +20,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.support.ui import WebDriverWait
 
 PROXY = os.environ["PROXY_URL"]
@@ -101,7 +102,7 @@ def wait_loaded(d, after=None):
         v = drv.find_element(By.TAG_NAME, "body").get_attribute("data-loaded")
         return v if v and (after is None or int(v) > int(after)) else False
 
-    return WebDriverWait(d, 30).until(loaded)
+    return WebDriverWait(d, 120).until(loaded)
 
 
 def value(d, key):
@@ -113,14 +114,22 @@ def value(d, key):
 def screenshot(d, name, width):
     d.execute_script("document.activeElement && document.activeElement.blur()")
     d.set_window_size(width, 900)
-    time.sleep(0.3)  # let the resize handler redraw the charts (it is debounced)
     height = d.execute_script("return document.documentElement.scrollHeight")
     d.set_window_size(width, height)
-    time.sleep(0.3)
-    overflow = d.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-    )
-    check(overflow <= 0, f"{name}: no horizontal overflow at {width} px (overflow {overflow} px)")
+
+    def overflow(drv):
+        return drv.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+
+    # The resize handler redraws the charts debounced: wait for the page to fit (bounded
+    # only so that a page that never fits fails), not for a fixed time.
+    try:
+        WebDriverWait(d, 60, poll_frequency=0.05).until(lambda drv: overflow(drv) <= 0)
+    except TimeoutException:
+        pass
+    left = overflow(d)
+    check(left <= 0, f"{name}: no horizontal overflow at {width} px (overflow {left} px)")
     path = os.path.join(ARTIFACTS, f"{name}-{width}.png")
     d.save_screenshot(path)
     print(f"     screenshot {path}", flush=True)
@@ -160,10 +169,8 @@ try:
     dynamic_family = dynamic["x-prefixcache-family"]
 
     # Misses are accounted when their upstream response has been read: wait for both.
-    for _ in range(400):
-        m = metrics()
-        if metric_sum(m, "prefixcache_provider_cacheable_total") >= 2:
-            break
+    deadline = time.monotonic() + 120
+    while metric_sum(metrics(), "prefixcache_provider_cacheable_total") < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     m = metrics()
 
@@ -226,7 +233,7 @@ try:
     chat(stable)
     after = wait_loaded(d, before)
     check(int(after) > int(before), "the page refreshes on its own")
-    WebDriverWait(d, 15).until(lambda drv: drv.find_element(By.CSS_SELECTOR, '[data-key="requests.since_start.hit"]').text == "2")
+    WebDriverWait(d, 120).until(lambda drv: drv.find_element(By.CSS_SELECTOR, '[data-key="requests.since_start.hit"]').text == "2")
     check(True, "a new hit shows up without a reload")
 
     # ---------------------------------------------------------------- keyboard

@@ -180,22 +180,30 @@ class ChatCompletions(unittest.TestCase):
         async def run():
             c = aclient()
             prompt = unique("Async")
-            statuses = []
+            statuses, answers = [], []
             for _ in range(2):
                 raw = await c.chat.completions.with_raw_response.create(
                     model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
                 )
                 statuses.append(raw.headers.get("x-prefixcache-status"))
-            stream = await c.chat.completions.create(
+                answers.append(raw.parse().choices[0].message.content)
+            raw = await c.chat.completions.with_raw_response.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], stream=True
             )
+            statuses.append(raw.headers.get("x-prefixcache-status"))
+            stream = raw.parse()
             text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
             await c.close()
-            return statuses, text
+            return statuses, answers, text
 
-        statuses, text = asyncio.run(run())
-        self.assertEqual(statuses, ["MISS", "HIT"])
-        self.assertTrue(text)
+        before = upstream_calls()
+        statuses, answers, text = asyncio.run(run())
+        self.assertEqual(statuses, ["MISS", "HIT", "HIT"])
+        # The cached answers, JSON and streamed, are the one upstream answer.
+        self.assertTrue(answers[0])
+        self.assertEqual(answers[1], answers[0])
+        self.assertEqual(text, answers[0])
+        self.assertEqual(upstream_calls() - before, 1)
 
     def test_no_cache_and_no_store(self):
         c = client()
@@ -273,10 +281,16 @@ class Errors(unittest.TestCase):
     def test_upstream_429_passes_through_and_is_not_stored(self):
         c = client()
         prompt = unique("rate limited")
+        before = upstream_calls()
         for _ in range(2):
             with self.assertRaises(openai.RateLimitError) as ctx:
                 chat(c, prompt, model="mock-error-429")
             self.assertEqual(ctx.exception.status_code, 429)
+            # Answered by upstream each time: a cached 429 would say HIT.
+            self.assertEqual(ctx.exception.response.headers.get("x-prefixcache-status"), "MISS")
+            self.assertEqual(ctx.exception.response.headers.get("retry-after"), "1")
+            self.assertEqual(ctx.exception.code, "rate_limit_exceeded")
+        self.assertEqual(upstream_calls() - before, 2)
 
     def test_upstream_500_is_not_stored(self):
         c = client()
@@ -297,14 +311,21 @@ class Errors(unittest.TestCase):
         prompt = unique("cut")
         before = upstream_calls()
         for _ in range(2):
-            # A cut body surfaces as the HTTP library's protocol error while iterating
-            # (its class depends on the SDK version's transport).
-            with self.assertRaises(Exception):
-                stream = c.chat.completions.create(
-                    model="mock-cut-stream", messages=[{"role": "user", "content": prompt}], stream=True
-                )
-                for _ in stream:
-                    pass
+            raw = c.chat.completions.with_raw_response.create(
+                model="mock-cut-stream", messages=[{"role": "user", "content": prompt}], stream=True
+            )
+            self.assertEqual(raw.headers.get("x-prefixcache-status"), "MISS")
+            received = []
+            # The proxy closes the connection without ending the chunked body, as the
+            # upstream did: the SDK raises its connection error, caused by the
+            # transport's protocol error, after the events that did arrive.
+            with self.assertRaises(openai.APIConnectionError) as ctx:
+                for chunk in raw.parse():
+                    received.append(chunk)
+            cause = ctx.exception.__cause__
+            self.assertEqual(type(cause).__name__, "RemoteProtocolError")
+            self.assertIn("incomplete chunked read", str(cause))
+            self.assertTrue(received, "the events before the cut were delivered")
         # Both went upstream: the first, cut, response was not stored.
         self.assertEqual(upstream_calls() - before, 2)
 

@@ -882,33 +882,49 @@ mod tests {
         b.finish()
     }
 
+    /// The OpenAI cookbook's "How to count tokens with tiktoken", section 6: its
+    /// example conversation (system messages with `name`s included) is 129 prompt
+    /// tokens on gpt-3.5-turbo / gpt-4 (cl100k_base) and 124 on gpt-4o / gpt-4o-mini
+    /// (o200k_base), as counted by the API itself in the published notebook output.
     #[test]
-    fn message_formula_matches_the_cookbook() {
-        // The cookbook's worked example for gpt-4o / gpt-4: 3 per message + role +
-        // content, + 3 for the reply priming.
-        for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
-            let msgs = [
-                ("system", "You are a helpful assistant."),
-                ("user", "Hello there, how are you?"),
-            ];
-            let expected: usize = msgs
-                .iter()
-                .map(|(r, c)| 3 + enc.count(r) + enc.count(c))
-                .sum::<usize>()
-                + 3;
-            assert_eq!(chat(enc, &msgs).len(), expected);
+    fn message_counts_match_the_published_api_counts() {
+        let body = json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English."},
+            {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+            {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
+            {"role": "system", "name": "example_user", "content": "Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage."},
+            {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how to do better."},
+            {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client deliverable."}
+        ]});
+        let body = body.as_object().unwrap();
+        for (enc, published) in [(Encoding::O200kBase, 124), (Encoding::Cl100kBase, 129)] {
+            let seqs = request_prompts(Route::ChatCompletions, body, enc);
+            assert_eq!(seqs.len(), 1);
+            assert_eq!(seqs[0].len(), published, "{enc:?}");
         }
-        // With a name: +1 and the name's tokens.
-        let mut b = PromptBuilder::new(Encoding::O200kBase);
-        b.open("user", Some("alice"));
-        b.text("hi");
-        b.close();
-        b.prime_reply();
-        let enc = Encoding::O200kBase;
-        assert_eq!(
-            b.len(),
-            3 + enc.count("user") + 1 + enc.count("alice") + enc.count("hi") + 3
-        );
+    }
+
+    /// The same cookbook, section 7: one function with a described enum property and a
+    /// two-message conversation is 101 prompt tokens on gpt-4o / gpt-4o-mini and 105 on
+    /// gpt-3.5-turbo / gpt-4, as counted by the API.
+    #[test]
+    fn tool_counts_match_the_published_api_counts() {
+        let body = json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": "You are a helpful assistant that can answer to questions about the weather."},
+            {"role": "user", "content": "What's the weather like in San Francisco?"}
+        ], "tools": [{"type": "function", "function": {
+            "name": "get_current_weather",
+            "description": "Get the current weather in a given location",
+            "parameters": {"type": "object", "properties": {
+                "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                "unit": {"type": "string", "description": "The unit of temperature to return", "enum": ["celsius", "fahrenheit"]}
+            }, "required": ["location"]}
+        }}]});
+        let body = body.as_object().unwrap();
+        for (enc, published) in [(Encoding::O200kBase, 101), (Encoding::Cl100kBase, 105)] {
+            let seqs = request_prompts(Route::ChatCompletions, body, enc);
+            assert_eq!(seqs[0].len(), published, "{enc:?}");
+        }
     }
 
     #[test]
@@ -925,28 +941,6 @@ mod tests {
             ],
         );
         assert_eq!(&turn2[..turn1.len()], &turn1[..]);
-    }
-
-    #[test]
-    fn tool_recipe_counts() {
-        // The cookbook's numbers for one function with one enum property on gpt-4o.
-        let enc = Encoding::O200kBase;
-        let params = json!({"type": "object", "properties": {
-            "unit": {"type": "string", "description": "The unit.", "enum": ["c", "f"]}
-        }});
-        let mut b = PromptBuilder::new(enc);
-        b.function_tool("get_weather", "Get the weather.", Some(&params));
-        b.end_tools();
-        let expected = 7
-            + enc.count("get_weather:Get the weather")
-            + 3
-            + 3
-            + (3 * 2 - 3)
-            + enc.count("c")
-            + enc.count("f")
-            + enc.count("unit:string:The unit")
-            + 12;
-        assert_eq!(b.len(), expected);
     }
 
     #[test]

@@ -217,13 +217,33 @@ impl Harness {
     /// Waits until the mock has no request in flight and the proxy has no upstream
     /// response being read (polling; never a timing assertion).
     pub async fn settle(&self) {
-        for _ in 0..2000 {
-            if self.mock.stats().in_flight == 0 && self.state.tasks.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("proxy did not settle");
+        wait_until("the proxy settles", || {
+            self.mock.stats().in_flight == 0 && self.state.tasks.is_empty()
+        })
+        .await;
+    }
+
+    /// Opens a mock gate: the responses held there continue.
+    pub fn open_gate(&self, gate: &str) {
+        self.mock.mock.gates().open(gate).unwrap();
+    }
+
+    /// Waits until `n` upstream responses are held at `gate` (the requests reached the
+    /// mock and wait for the test).
+    pub async fn held_at(&self, gate: &str, n: usize) {
+        let gates = self.mock.mock.gates();
+        wait_until(&format!("{n} held at gate {gate}"), || {
+            gates.state(gate).waiting == n
+        })
+        .await;
+    }
+
+    /// Waits until `n` requests follow flights in progress instead of calling upstream.
+    pub async fn followers(&self, n: usize) {
+        wait_until(&format!("{n} followers"), || {
+            self.state.flights.followers() == n
+        })
+        .await;
     }
 
     /// The cache key the proxy derives for a chat request from caller `authorization`
@@ -263,6 +283,19 @@ impl Drop for Harness {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+}
+
+/// Polls `cond` until it holds. Not a timing assertion: the bound is there only so a
+/// broken build fails instead of hanging, and is generous for a loaded machine.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 120 s for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

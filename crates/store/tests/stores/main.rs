@@ -10,6 +10,7 @@
 
 mod conformance;
 mod disk;
+mod golden;
 mod memory;
 mod open;
 mod redis;

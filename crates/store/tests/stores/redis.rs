@@ -434,3 +434,325 @@ async fn a_redis_outage_keeps_memory_hits_and_recovers() {
         Some(after)
     );
 }
+
+/// CRC-16/XMODEM, continued from `crc` over `bytes`.
+fn crc16(mut crc: u16, bytes: &[u8]) -> u16 {
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Redis Cluster's key slot: CRC-16/XMODEM of the key mod 16384 (no hash tags in ours).
+fn key_slot(key: &[u8]) -> u16 {
+    crc16(0, key) % 16384
+}
+
+/// `n` cache keys whose Redis keys all hash to one slot, and that slot. The keys differ
+/// in their last four bytes only, so the CRC of the common prefix is computed once.
+fn keys_in_one_slot(n: usize) -> (Vec<CacheKey>, u16) {
+    let salt = Keys::new().key("slot", 0);
+    let full = format!("prefixcache:v1:{}", salt.to_hex());
+    let prefix = crc16(0, &full.as_bytes()[..full.len() - 8]);
+    let mut found: Vec<CacheKey> = Vec::new();
+    let mut slot = None;
+    let mut tail = [0u8; 8];
+    for i in 0u32.. {
+        let bytes = i.to_le_bytes();
+        for (j, b) in bytes.iter().enumerate() {
+            tail[2 * j] = b"0123456789abcdef"[usize::from(b >> 4)];
+            tail[2 * j + 1] = b"0123456789abcdef"[usize::from(b & 15)];
+        }
+        let s = crc16(prefix, &tail) % 16384;
+        if *slot.get_or_insert(s) != s {
+            continue;
+        }
+        let mut k = salt;
+        k.0[28..].copy_from_slice(&bytes);
+        debug_assert_eq!(
+            key_slot(format!("prefixcache:v1:{}", k.to_hex()).as_bytes()),
+            s
+        );
+        found.push(k);
+        if found.len() == n {
+            break;
+        }
+    }
+    (found, slot.unwrap())
+}
+
+#[test]
+fn the_slot_function_agrees_with_the_server() {
+    if !require_redis("the_slot_function_agrees_with_the_server") {
+        return;
+    }
+    let server = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    for key in [
+        "a",
+        "prefixcache:v1:00ff",
+        "somewhat longer key with spaces",
+    ] {
+        let got = server.command(&["CLUSTER", "KEYSLOT", key]).unwrap().text();
+        assert_eq!(got, key_slot(key.as_bytes()).to_string(), "{key}");
+    }
+}
+
+/// A slot moves between masters while entries are read and written: keys already moved
+/// are answered by the target through `ASK` redirects (which need `ASKING` sent on the
+/// same connection right before the command), new keys are written there, and after the
+/// move `MOVED` sends everyone to the new owner. No operation fails, none returns another
+/// key's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migration_under_load_loses_and_confuses_nothing() {
+    if !require_redis("a_slot_migration_under_load_loses_and_confuses_nothing") {
+        return;
+    }
+    let cluster = RedisCluster::start(3);
+    let clock = clock();
+    let store = Arc::new(store(&cluster.url(), &clock));
+    let (keys, slot) = keys_in_one_slot(24);
+    let rkey = |k: &CacheKey| format!("prefixcache:v1:{}", k.to_hex());
+    let body = |k: &CacheKey| chat_body(&k.to_hex());
+    let put = |k: CacheKey| {
+        let store = store.clone();
+        let e = entry(clock.now_ms(), HOUR_MS, body(&k));
+        async move { store.put(&k, &e).await }
+    };
+    // The first 12 exist before the move.
+    for k in &keys[..12] {
+        put(*k).await.unwrap();
+    }
+    let nodes = cluster.nodes();
+    let owns = |n: &RedisServer| n.command(&["EXISTS", &rkey(&keys[0])]).unwrap().is_ok();
+    let source = nodes.iter().position(owns).expect("an owner");
+    let target = (source + 1) % nodes.len();
+    let id = |n: &RedisServer| n.command(&["CLUSTER", "MYID"]).unwrap().text();
+    let (src, dst) = (&nodes[source], &nodes[target]);
+    let slot = slot.to_string();
+    assert!(
+        dst.command(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id(src)])
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        src.command(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id(dst)])
+            .unwrap()
+            .is_ok()
+    );
+    let migrate = |ks: &[CacheKey]| {
+        let port = dst.port().to_string();
+        let names: Vec<String> = ks.iter().map(rkey).collect();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "10000", "KEYS"];
+        args.extend(names.iter().map(String::as_str));
+        let reply = src.command(&args).unwrap();
+        assert!(reply.is_ok(), "MIGRATE: {reply:?}");
+    };
+    // Half of the old keys move now; the slot is mid-migration.
+    migrate(&keys[..6]);
+
+    // Load: every key read many times, the new keys written, all concurrently.
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..20 {
+        for (i, k) in keys.iter().enumerate() {
+            let (store, k) = (store.clone(), *k);
+            let expected = body(&k);
+            let e = entry(clock.now_ms(), HOUR_MS, body(&k));
+            tasks.spawn(async move {
+                if i >= 12 && round == 0 {
+                    store
+                        .put(&k, &e)
+                        .await
+                        .map_err(|e| format!("put {i}: {e}"))?;
+                }
+                match store.get(&k).await {
+                    Ok(Some(got)) if got.body == expected => Ok(()),
+                    Ok(Some(_)) => Err(format!("get {i}: another key's entry")),
+                    // A new key read before its own first write lands.
+                    Ok(None) if i >= 12 => Ok(()),
+                    Ok(None) => Err(format!("get {i}: lost")),
+                    Err(e) => Err(format!("get {i}: {e}")),
+                }
+            });
+        }
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.unwrap() {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 480 operations failed during the migration: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+
+    // Finish the move: every master learns the new owner; clients follow MOVED.
+    let remaining: Vec<CacheKey> = keys
+        .iter()
+        .copied()
+        .filter(|k| src.command(&["EXISTS", &rkey(k)]).unwrap().text() == "1")
+        .collect();
+    if !remaining.is_empty() {
+        migrate(&remaining);
+    }
+    for n in nodes {
+        assert!(
+            n.command(&["CLUSTER", "SETSLOT", &slot, "NODE", &id(dst)])
+                .unwrap()
+                .is_ok()
+        );
+    }
+    for k in &keys {
+        assert_eq!(dst.command(&["EXISTS", &rkey(k)]).unwrap().text(), "1");
+        let got = store
+            .get(k)
+            .await
+            .unwrap()
+            .expect("every entry survives the move");
+        assert_eq!(got.body, body(k));
+    }
+}
+
+/// Redis expires entries itself: every write carries `PX` with the time left until the
+/// entry's expiry, so an entry nobody reads again still leaves the server on time.
+#[tokio::test]
+async fn entries_expire_on_the_server() {
+    if !require_redis("entries_expire_on_the_server") {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = clock();
+    let redis = store(&server.url(), &clock);
+    let keys = Keys::new();
+    for (i, ttl_ms) in [(0, 10_000u64), (1, HOUR_MS)] {
+        let k = keys.key("pttl", i);
+        redis
+            .put(&k, &entry(clock.now_ms(), ttl_ms, chat_body("pttl")))
+            .await
+            .unwrap();
+        let pttl: i64 = server
+            .command(&["PTTL", &format!("prefixcache:v1:{}", k.to_hex())])
+            .unwrap()
+            .text()
+            .parse()
+            .unwrap();
+        // At most the entry's lifetime, and not much less (the write just happened).
+        assert!(
+            pttl > 0
+                && pttl <= ttl_ms as i64
+                && pttl > ttl_ms as i64 - 30_000.min(ttl_ms as i64 / 2),
+            "PTTL {pttl} for a {ttl_ms} ms entry"
+        );
+    }
+    // The clock moved on: the time left shrinks with it.
+    clock.advance(Duration::from_millis(HOUR_MS / 2));
+    let k = keys.key("pttl", 2);
+    let e = entry(clock.now_ms() - HOUR_MS / 2, HOUR_MS, chat_body("older"));
+    redis.put(&k, &e).await.unwrap();
+    let pttl: i64 = server
+        .command(&["PTTL", &format!("prefixcache:v1:{}", k.to_hex())])
+        .unwrap()
+        .text()
+        .parse()
+        .unwrap();
+    assert!(pttl > 0 && pttl <= (HOUR_MS / 2) as i64, "PTTL {pttl}");
+}
+
+/// A master fails over to its replica while entries are read and written: every read
+/// answers the right entry or fails (the proxy then fails open), never another key's;
+/// after the failover every operation succeeds and the entries written before it are
+/// still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_under_load_confuses_nothing() {
+    if !require_redis("a_master_failover_under_load_confuses_nothing") {
+        return;
+    }
+    let cluster = RedisCluster::start_with_replicas(3, 1);
+    let clock = clock();
+    let store = Arc::new(store(&cluster.url(), &clock));
+    let keys = Keys::new();
+    let all: Vec<CacheKey> = (0..60).map(|i| keys.key("failover", i)).collect();
+    let body = |k: &CacheKey| chat_body(&k.to_hex());
+    for k in &all {
+        let e = entry(clock.now_ms(), HOUR_MS, body(k));
+        store.put(k, &e).await.unwrap();
+    }
+    let master = cluster
+        .owner_of(&format!("prefixcache:v1:{}", all[0].to_hex()))
+        .expect("an owner");
+    let replica = *cluster.replicas_of(master).first().expect("a replica");
+    // Let the replica catch up with every write before it takes over.
+    let wait = cluster.nodes()[master]
+        .command(&["WAIT", "1", "10000"])
+        .unwrap();
+    assert_eq!(wait.text(), "1");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let (store, stop, all) = (store.clone(), stop.clone(), all.clone());
+        load.spawn(async move {
+            let (mut ok, mut failed, mut wrong) = (0u64, 0u64, Vec::new());
+            let mut i = w;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let k = all[i % all.len()];
+                match store.get(&k).await {
+                    Ok(Some(e)) if e.body == chat_body(&k.to_hex()) => ok += 1,
+                    Ok(other) => wrong.push(format!("{}: {other:?}", k.short_hex())),
+                    Err(_) => failed += 1,
+                }
+                i += 7;
+                tokio::task::yield_now().await;
+            }
+            (ok, failed, wrong)
+        });
+    }
+    // Blocking (the testkit polls the nodes); the load keeps running on the other worker.
+    tokio::task::block_in_place(|| cluster.fail_over_to(replica));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    while let Some(r) = load.join_next().await {
+        let (o, f, wrong) = r.unwrap();
+        assert!(
+            wrong.is_empty(),
+            "wrong answers during the failover: {wrong:?}"
+        );
+        ok += o;
+        failed += f;
+    }
+    println!("failover under load: {ok} reads answered, {failed} failed (fail open)");
+    assert!(ok > 0);
+
+    // After the failover: every entry is there, every operation succeeds (the client
+    // follows MOVED to the new master while it refreshes its slot map).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    'again: loop {
+        for k in &all {
+            match store.get(k).await {
+                Ok(Some(e)) => assert_eq!(e.body, body(k)),
+                Ok(None) => panic!("{} lost in the failover", k.short_hex()),
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "not recovered: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue 'again;
+                }
+            }
+        }
+        break;
+    }
+    let after = keys.key("after-failover", 0);
+    store
+        .put(&after, &entry(clock.now_ms(), HOUR_MS, body(&after)))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&after).await.unwrap().unwrap().body, body(&after));
+}
