@@ -50,7 +50,6 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, TlsMode, Value};
-use tokio::sync::OnceCell;
 
 use crate::entry;
 use crate::{CacheStore, Clock, Entry, PurgeFilter, StoreError, StoreStats};
