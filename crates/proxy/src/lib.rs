@@ -6,7 +6,8 @@
 //! `drain_timeout`, wait for background stores, flush the store).
 //!
 //! # Layout
-//! - [`server`]: the accept loop that owns connections (graceful drain).
+//! - [`server`]: the accept loop that owns connections (limits, graceful drain).
+//! - [`admission`]: budgets of connections, requests and body bytes; body reading.
 //! - [`state`]: shared state; store access that fails open and is measured.
 //! - [`accounting`]: tokens, dollars and request-log lines of answered requests.
 //! - [`cached`]: the cached routes (lookup, coalescing, forwarding, storing).
@@ -25,6 +26,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod admission;
 pub mod cached;
 pub mod dashboard;
 pub mod error;
@@ -41,11 +43,14 @@ pub mod upstream;
 pub mod warnings;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prefixcache_core::route::Route;
@@ -56,25 +61,49 @@ use tokio_util::sync::CancellationToken;
 
 pub use state::AppState;
 
+/// Open connections the admin listener accepts (dashboards, scrapers, operators).
+pub const ADMIN_CONNECTIONS: usize = 64;
+
 /// The proxy's router: health, metrics, the cached routes, and everything else
 /// forwarded. Admin routes (the dashboard included) are added here only when an
-/// `admin_token` protects them and no separate `admin_listen` is configured.
+/// `admin_token` protects them and no separate `admin_listen` is configured. The API
+/// routes (cached and forwarded) count against `limits.max_requests_in_flight`; health,
+/// metrics and admin do not, so a saturated proxy still answers its probes.
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text));
+    let mut api = Router::new();
     for route in Route::ALL {
         // Other methods on a cached path (a GET, say) are not cached but still forwarded.
-        router = router.route(
+        api = api.route(
             route.path(),
             post(cached::handle).fallback(passthrough::forward),
         );
     }
+    let api = api
+        .fallback(passthrough::forward)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_requests,
+        ));
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text));
     if state.config.admin.listen.is_none() && state.config.admin.token.is_some() {
         router = router.merge(admin::routes());
     }
-    router.fallback(passthrough::forward).with_state(state)
+    router.merge(api).with_state(state)
+}
+
+/// Holds a request slot from the request's arrival until its response body is sent;
+/// with none free, `503` at once.
+async fn limit_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match state.admission.request() {
+        Ok(slot) => next
+            .run(req)
+            .await
+            .map(|body| Body::new(admission::Holding::new(body, slot))),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// The admin router for `admin_listen`.
@@ -124,9 +153,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-/// Copies the store's figures into their gauges (they are read, not counted) and
-/// returns them with whether the store's guard is failing open.
-pub(crate) fn refresh_store_gauges(state: &AppState) -> (StoreStats, bool) {
+/// Copies the store's and the admission budgets' figures into their gauges (they are
+/// read, not counted) and returns the store's with whether its guard is failing open.
+pub(crate) fn refresh_gauges(state: &AppState) -> (StoreStats, bool) {
     let stats = state.store.stats();
     let degraded = state.guard.as_ref().is_some_and(|g| g.is_degraded());
     if state.guard.is_some() {
@@ -135,11 +164,21 @@ pub(crate) fn refresh_store_gauges(state: &AppState) -> (StoreStats, bool) {
     state.metrics.entries.set(stats.entries as i64);
     state.metrics.store_bytes.set(stats.bytes as i64);
     state.metrics.store_evictions.set(stats.evictions as i64);
+    let a = &state.admission;
+    state.metrics.connections.set(a.open_connections() as i64);
+    state
+        .metrics
+        .requests_in_flight
+        .set(a.requests_in_flight() as i64);
+    state
+        .metrics
+        .body_bytes_in_flight
+        .set(a.body_bytes_in_flight() as i64);
     (stats, degraded)
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    refresh_store_gauges(&state);
+    refresh_gauges(&state);
     let mut resp = state.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -160,10 +199,27 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let drain = state.config.drain_timeout;
     let stop = CancellationToken::new();
-    let main = server::run(listener, app(state.clone()), stop.clone(), drain);
+    let main = server::run(
+        listener,
+        app(state.clone()),
+        stop.clone(),
+        drain,
+        state.admission.clone(),
+    );
     let admin = async {
         match admin_listener {
-            Some(l) => server::run(l, admin_app(state.clone()), stop.clone(), drain).await,
+            Some(l) => {
+                // The admin listener has connection slots of its own, so a flood on the
+                // main listener cannot lock the operator out.
+                let mut limits = state.config.limits.clone();
+                limits.max_connections = ADMIN_CONNECTIONS;
+                let admission = Arc::new(admission::Admission::new(
+                    &limits,
+                    state.metrics.rejected.clone(),
+                    state.metrics.client_timeouts.clone(),
+                ));
+                server::run(l, admin_app(state.clone()), stop.clone(), drain, admission).await
+            }
             None => Ok(()),
         }
     };

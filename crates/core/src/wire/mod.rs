@@ -25,7 +25,7 @@ use crate::sse::{self, SseEvent, StreamAssembler};
 use crate::usage::Usage;
 
 pub use parse::{ParsedRequest, TreeLimits, parse_request};
-pub use render::json_to_sse;
+pub use render::{SseRendering, json_to_sse};
 pub use request::{
     Injections, RequestFlags, ServerState, Splice, apply_splices, plan_splices,
     prepare_upstream_body, request_flags,
