@@ -990,17 +990,26 @@ async fn run_flight(
         );
         return;
     }
-    let body = flight.body();
+    // An oversized body's start is gone: it is not stored, and a JSON body's usage is
+    // unknown (a stream's was read event by event).
+    let oversized = flight.is_oversized();
+    let body = if oversized {
+        Bytes::new()
+    } else {
+        flight.body()
+    };
     let (complete, model, usage) = if !status.is_success() {
         (false, None, None)
     } else if is_sse {
         (
-            assembler.is_complete(),
+            assembler.is_complete() && !oversized,
             assembler.model().map(str::to_string),
             assembler.usage(),
         )
+    } else if oversized {
+        (false, None, None)
     } else {
-        let summary = wire::json_summary(plan.route, &body);
+        let summary = json_summary(state, plan.route, &body).await;
         (summary.complete, summary.model, summary.usage)
     };
     let model = model.unwrap_or_default();
@@ -1048,6 +1057,23 @@ async fn run_flight(
             body,
         };
         state.store_put(&store.key, &entry).await;
+    }
+}
+
+/// Usage, model and completeness of a JSON response; a large one is parsed on the
+/// blocking pool.
+async fn json_summary(state: &AppState, route: Route, body: &Bytes) -> wire::JsonSummary {
+    if body.len() <= LARGE_ENTRY_BYTES {
+        return wire::json_summary(route, body);
+    }
+    let body = body.clone();
+    match state
+        .tasks
+        .spawn_blocking(move || wire::json_summary(route, &body))
+        .await
+    {
+        Ok(summary) => summary,
+        Err(_) => wire::JsonSummary::default(),
     }
 }
 
