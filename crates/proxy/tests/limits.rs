@@ -222,6 +222,21 @@ async fn an_idle_kept_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn the_header_timeout_also_closes_a_connection_waiting_for_its_next_request() {
+    let h = Harness::start(
+        Setup::default().toml("[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"10m\""),
+    )
+    .await;
+    let mut s = connect(&h).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    read_to_close(&mut s).await;
+    assert_eq!(timeouts(&h, "idle"), 0);
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_are_refused_with_503_and_retry_after() {
     let h = Harness::start(Setup::default().toml("[limits]\nmax_connections = 1")).await;
     // The one slot: a kept-alive connection that answered a request.
