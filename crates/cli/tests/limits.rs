@@ -3,8 +3,9 @@
 //! modes of the files that hold callers' data, the admin listener's token rule, and a
 //! clean drain on SIGTERM. Linux only: the high-water mark comes from `/proc`.
 
-// Test helpers outside #[test] fns are not covered by clippy's test exemption.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Test helpers outside #[test] fns are not covered by clippy's test exemption; the
+// in-process upstream's task is owned by the test's runtime and ends with it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 #![cfg(target_os = "linux")]
 
 use std::os::unix::fs::PermissionsExt;

@@ -1067,14 +1067,11 @@ async fn json_summary(state: &AppState, route: Route, body: &Bytes) -> wire::Jso
         return wire::json_summary(route, body);
     }
     let body = body.clone();
-    match state
+    state
         .tasks
         .spawn_blocking(move || wire::json_summary(route, &body))
         .await
-    {
-        Ok(summary) => summary,
-        Err(_) => wire::JsonSummary::default(),
-    }
+        .unwrap_or_default()
 }
 
 /// The response for the caller that leads a flight (or runs one of its own): upstream's
