@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use prefixcache_core::config::Limits;
@@ -146,8 +146,16 @@ impl Admission {
         let mut buf = BytesMut::with_capacity(usize::try_from(admitted).unwrap_or(0));
         let mut body = body;
         loop {
-            let deadline = started + self.limits.body_deadline(buf.len() as u64);
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            // A frame already received needs no timer (a small body arrives whole).
+            let ready = body.frame().now_or_never();
+            let next = match ready {
+                Some(frame) => Ok(frame),
+                None => {
+                    let deadline = started + self.limits.body_deadline(buf.len() as u64);
+                    tokio::time::timeout_at(deadline, body.frame()).await
+                }
+            };
+            let frame = match next {
                 Err(_) => {
                     self.timed_out("body");
                     return Err(ApiError::BodyTimeout);
@@ -213,6 +221,14 @@ impl AdmittedBody {
             _permit: self._permit.clone(),
         }
     }
+}
+
+/// `resp` with `guard` held until its body has been sent or dropped.
+pub fn hold<G: Unpin + Send + 'static>(
+    resp: axum::response::Response,
+    guard: G,
+) -> axum::response::Response {
+    resp.map(|body| Body::new(Holding::new(body, guard)))
 }
 
 /// A response body that holds `G` (an in-flight slot, a connection's activity mark)

@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::accounting::{Ending, Ledger, PromptCacheKeySource, Source, StaticPart};
-use crate::admission::AdmittedBody;
+use crate::admission::{AdmittedBody, hold};
 use crate::error::ApiError;
 use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
 use crate::headers::{self, CacheDirectives, UpstreamCaching, end_to_end};
@@ -122,9 +122,14 @@ struct Ctx {
 /// Handler for every cached route.
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
+    // Held until the response body has been sent; with none free, 503 at once.
+    let slot = match state.admission.request() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
     let Some(route) = Route::from_path(req.uri().path()) else {
         // The router only sends cached paths here.
-        return crate::passthrough::forward(State(state), req).await;
+        return hold(crate::passthrough::relay(&state, req).await, slot);
     };
     let mut ctx = Ctx {
         strategy: "none",
@@ -154,7 +159,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         key = %ctx.key.map(|k| k.short_hex()).unwrap_or_default(),
         "request"
     );
-    resp
+    hold(resp, slot)
 }
 
 async fn handle_inner(

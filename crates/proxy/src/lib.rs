@@ -47,10 +47,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prefixcache_core::route::Route;
@@ -67,43 +65,25 @@ pub const ADMIN_CONNECTIONS: usize = 64;
 /// The proxy's router: health, metrics, the cached routes, and everything else
 /// forwarded. Admin routes (the dashboard included) are added here only when an
 /// `admin_token` protects them and no separate `admin_listen` is configured. The API
-/// routes (cached and forwarded) count against `limits.max_requests_in_flight`; health,
-/// metrics and admin do not, so a saturated proxy still answers its probes.
+/// routes' handlers (cached and forwarded) take a slot of
+/// `limits.max_requests_in_flight`; health, metrics and admin do not, so a saturated
+/// proxy still answers its probes.
 pub fn app(state: AppState) -> Router {
-    let mut api = Router::new();
-    for route in Route::ALL {
-        // Other methods on a cached path (a GET, say) are not cached but still forwarded.
-        api = api.route(
-            route.path(),
-            post(cached::handle).fallback(passthrough::forward),
-        );
-    }
-    let api = api
-        .fallback(passthrough::forward)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_requests,
-        ));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text));
+    for route in Route::ALL {
+        // Other methods on a cached path (a GET, say) are not cached but still forwarded.
+        router = router.route(
+            route.path(),
+            post(cached::handle).fallback(passthrough::forward),
+        );
+    }
     if state.config.admin.listen.is_none() && state.config.admin.token.is_some() {
         router = router.merge(admin::routes());
     }
-    router.merge(api).with_state(state)
-}
-
-/// Holds a request slot from the request's arrival until its response body is sent;
-/// with none free, `503` at once.
-async fn limit_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match state.admission.request() {
-        Ok(slot) => next
-            .run(req)
-            .await
-            .map(|body| Body::new(admission::Holding::new(body, slot))),
-        Err(e) => e.into_response(),
-    }
+    router.fallback(passthrough::forward).with_state(state)
 }
 
 /// The admin router for `admin_listen`.

@@ -13,14 +13,23 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::admission::AdmittedBody;
+use crate::admission::{AdmittedBody, hold};
 use crate::error::ApiError;
 use crate::headers::end_to_end;
 use crate::metrics::{CodeLabels, error_code_label};
 use crate::state::AppState;
 
-/// Forwards a request as it is and streams the answer back.
+/// Forwards a request as it is and streams the answer back; it holds a request slot
+/// until the answer has been sent (503 at once when none is free).
 pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
+    match state.admission.request() {
+        Ok(slot) => hold(relay(&state, req).await, slot),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// [`forward`] for a request that already holds its slot.
+pub(crate) async fn relay(state: &AppState, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path_and_query = parts
@@ -31,7 +40,7 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
         .upstream
         .forward_headers(&parts.headers, parts.uri.path(), false);
     let body = match crate::upstream::check_path(parts.uri.path()) {
-        Ok(()) => upstream_body(&state, body, &parts.headers).await,
+        Ok(()) => upstream_body(state, body, &parts.headers).await,
         Err(e) => Err(ApiError::BadPath(e.to_string())),
     };
     let result = match body {

@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -169,24 +169,24 @@ fn serve(
 /// When a connection last had a request in progress.
 #[derive(Debug)]
 struct Activity {
+    /// Requests in progress.
     active: AtomicUsize,
-    last: std::sync::Mutex<Instant>,
+    /// When the last one ended (or the connection was accepted), as time since `born`.
+    last: AtomicU64,
+    born: Instant,
 }
 
 impl Activity {
     fn new() -> Activity {
         Activity {
             active: AtomicUsize::new(0),
-            last: std::sync::Mutex::new(Instant::now()),
+            last: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
     fn last(&self) -> Instant {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn touch(&self) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.born + Duration::from_micros(self.last.load(Ordering::SeqCst))
     }
 
     /// When the connection may be closed as idle, if nothing happens before.
@@ -209,14 +209,16 @@ struct Active(Arc<Activity>);
 impl Active {
     fn new(activity: Arc<Activity>) -> Active {
         activity.active.fetch_add(1, Ordering::SeqCst);
-        activity.touch();
         Active(activity)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.touch();
+        let since = self.0.born.elapsed().as_micros();
+        self.0
+            .last
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::SeqCst);
         self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
