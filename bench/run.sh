@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmarks of prefixcache (issue 7): builds in release mode, starts the mock
+# End-to-end benchmarks of prefixcache: builds in release mode, starts the mock
 # upstream, the proxy, Redis and (with --peers) LiteLLM on loopback, drives them with oha
 # and bench_client, stops everything it started by pid, and prints one table.
 # See bench/README.md for what each scenario measures.
@@ -66,7 +66,7 @@ else
 fi
 want() { [[ -n "${RUN[$1]-}" ]]; }
 
-# Run sizes: the issue's figures, and a quick variant.
+# Run sizes: the full runs docs/BENCHMARKS.md reports, and a quick variant.
 if [[ $QUICK == 1 ]]; then
     HIT_N=5000; MISS_N=3000; MISS_SEQ_N=200; STREAM_N=60
     ARTICLE_N=1000; ARTICLE_LATENCY="lognormal:mean=125ms,p99=342ms"

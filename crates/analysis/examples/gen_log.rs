@@ -3,9 +3,16 @@
 //! review prompt, a FAQ bot), Zipf-distributed user content so some requests repeat,
 //! eight tenants, 20 requests a second. Deterministic for a seed.
 //!
+//! `--mix agents` makes GPT-5.6 traffic instead (the shapes that decide automatic
+//! breakpoints and the `prompt_cache_key` choice): an `agent` service (a ~9k-token
+//! stable developer prompt and tools, a new task each call), an `assistant` service
+//! (multi-turn conversations behind a ~1.5k-token system prompt, turn by turn), and a
+//! `oneoff` service (a different long prompt each time: nothing recurs).
+//!
 //! ```text
 //! cargo run --release -p prefixcache-analysis --example gen_log -- \
-//!     --lines 1000000 [--seed 1] [--form proxy|bare|wrapped] [--gzip] > requests.jsonl
+//!     --lines 1000000 [--seed 1] [--form proxy|bare|wrapped] [--mix classic|agents] \
+//!     [--gzip] > requests.jsonl
 //! ```
 //!
 //! `proxy` lines follow the request log of `serve --log-requests` (usage estimated at
@@ -171,6 +178,7 @@ fn main() -> std::io::Result<()> {
     let seed: u64 = arg(&args, "--seed", 1);
     let form: String = arg(&args, "--form", "proxy".to_string());
     let gzip = args.iter().any(|a| a == "--gzip");
+    let agents = arg(&args, "--mix", "classic".to_string()) == "agents";
 
     // Static prompts: ~1150, ~260 and ~650 tokens (one word is about one token here).
     let doc_system = format!(
@@ -183,6 +191,20 @@ fn main() -> std::io::Result<()> {
         text(12, 240)
     );
     let faq_system = format!("You answer questions about our product.\n{}", text(13, 640));
+    let agent_developer = format!(
+        "You are a coding agent. Follow the repository's rules.\n{}",
+        text(14, 8800)
+    );
+    let agent_tools = json!([
+        {"type": "function", "function": {"name": "read_file", "description": "Read a file.",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}},
+        {"type": "function", "function": {"name": "run_tests", "description": "Run the tests.",
+            "parameters": {"type": "object", "properties": {"filter": {"type": "string"}}}}}
+    ]);
+    let assistant_system = format!("You are the support assistant.\n{}", text(15, 1500));
+    // Conversations of the assistant service in progress: (id, history).
+    let mut conversations: Vec<(u64, Vec<Value>)> = Vec::new();
+    let mut next_conversation = 0u64;
     let tenants: Vec<String> = (0..8u64)
         .map(|t| format!("{:016x}", mix64(t + 99)))
         .collect();
@@ -203,7 +225,54 @@ fn main() -> std::io::Result<()> {
     for i in 0..lines {
         let tenant_ix = rng.below(tenants.len() as u64);
         let pick = rng.below(100);
-        let (strategy, model, body, item) = if pick < 35 {
+        let (strategy, model, body, item) = if agents {
+            if pick < 50 {
+                let task = rng.below(1 << 40);
+                let body = json!({
+                    "model": "gpt-5.6-terra",
+                    "temperature": 0,
+                    "tools": agent_tools,
+                    "messages": [
+                        {"role": "developer", "content": agent_developer},
+                        {"role": "user", "content": format!("Task {task}: {}", text(4_000_000 + task, 60))}
+                    ]
+                });
+                ("agent", "gpt-5.6-terra", body, task)
+            } else if pick < 90 {
+                if conversations.len() < 40 || rng.below(8) == 0 {
+                    next_conversation += 1;
+                    conversations.push((
+                        next_conversation,
+                        vec![json!({"role": "system", "content": assistant_system})],
+                    ));
+                }
+                let c = rng.below(conversations.len() as u64) as usize;
+                let (id, history) = &mut conversations[c];
+                let turn = history.len() as u64;
+                history.push(json!({"role": "user", "content": format!("Turn {turn} of {id}: {}", text(5_000_000 + *id * 64 + turn, 50))}));
+                let body =
+                    json!({"model": "gpt-5.6-luna", "temperature": 0, "messages": history.clone()});
+                history.push(
+                    json!({"role": "assistant", "content": text(6_000_000 + *id * 64 + turn, 120)}),
+                );
+                let item = *id * 64 + turn;
+                if history.len() > 17 {
+                    conversations.swap_remove(c);
+                }
+                ("assistant", "gpt-5.6-luna", body, item)
+            } else {
+                let n = rng.below(1 << 40);
+                let body = json!({
+                    "model": "gpt-5.6-terra",
+                    "temperature": 0,
+                    "messages": [
+                        {"role": "system", "content": text(7_000_000 + n, 1300)},
+                        {"role": "user", "content": "Summarize the above."}
+                    ]
+                });
+                ("oneoff", "gpt-5.6-terra", body, n)
+            }
+        } else if pick < 35 {
             let d = rng.zipf(20_000);
             let body = json!({
                 "model": "gpt-4o-mini",

@@ -8,11 +8,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+use prefixcache_core::breakpoint::blocks::Outline;
+use prefixcache_core::breakpoint::learn::BlockTokens;
+use prefixcache_core::breakpoint::{Decision, Learner, Rules, Scope, TokenRates, request_blocks};
 use prefixcache_core::key::{FamilyId, normalize_whitespace};
 use prefixcache_core::lint::{
     self, Finding, PROVIDER_MIN_CACHEABLE_TOKENS, Rule, Severity, WhitespaceDrift,
 };
 use prefixcache_core::prefix::{FamilyMemo, PrefixScope, prefix_text, scoped_text};
+use prefixcache_core::pricing::PriceTable;
+use prefixcache_core::provider::cache::CacheRules;
+use prefixcache_core::provider::prompt::request_prompt_seqs;
+use prefixcache_core::route::Route;
 use prefixcache_core::tokenizer::{Encoding, FirstTokens};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -155,6 +162,51 @@ pub struct FamilyReport {
     pub optimal_granularity: u64,
     pub recommended_granularity: usize,
     pub provider_cacheable: Cacheable,
+    /// Models with explicit prompt-cache breakpoints (GPT-5.6 and later): what the
+    /// proxy's learner makes of the family (`breakpoints = "auto"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakpoint: Option<FamilyBreakpoint>,
+}
+
+/// The proxy's learner run over one family's requests in time order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyBreakpoint {
+    /// The latest learned boundary: the block's index, where a breakpoint goes, and the
+    /// prompt tokens before it; `None` when the family's requests never shared one.
+    pub block: Option<usize>,
+    pub path: Option<String>,
+    pub tokens: Option<u64>,
+    /// Share of the family's requests that reused the prefix of an earlier one.
+    pub recurrence: f64,
+    /// Requests on which the proxy would place a breakpoint.
+    pub injected: u64,
+    /// Whether a breakpoint pays on the family's latest request.
+    pub pays: bool,
+    /// The latest decision (`injected`, `not_recurring`, `below_minimum`, ...).
+    pub decision: String,
+    /// Expected dollars saved by the breakpoints placed, under the pricing table.
+    pub expected_saving_usd: f64,
+    /// The family's prompts agree for more tokens than its last shared whole block: the
+    /// stable text ends inside a content block, which would need splitting (at about
+    /// this many tokens) for a breakpoint to sit where the prompt stops changing.
+    pub split_at_tokens: Option<u64>,
+}
+
+/// A request's blocks as the breakpoint learner reads them.
+struct BreakpointItem {
+    scope: Scope,
+    outline: Outline,
+    /// (block index, prompt tokens through it) of the markable blocks.
+    through: Box<[(u32, u64)]>,
+}
+
+impl BlockTokens for &BreakpointItem {
+    fn through(&mut self, i: usize) -> u64 {
+        self.through
+            .iter()
+            .find(|(b, _)| *b as usize == i)
+            .map_or(0, |(_, t)| *t)
+    }
 }
 
 /// What a request leaves behind for the statistics.
@@ -172,6 +224,7 @@ struct Item {
     tools: RawJson,
     /// The structured-output schema as sent (`response_format`, or Responses' `text`).
     schema: RawJson,
+    breakpoint: Option<Box<BreakpointItem>>,
 }
 
 /// The token sequences of a run, kept for the gate.
@@ -328,6 +381,38 @@ fn item(
         .observe(group.as_str(), &family)
         .or_else(|| drift.observe(ALL_STRATEGIES, &family));
     let (tools, schema) = raw_definitions(line);
+    let breakpoint = (matches!(rec.route, Route::ChatCompletions | Route::Responses)
+        && CacheRules::for_model(&model) == CacheRules::Breakpoints)
+        .then(|| {
+            let outline = request_blocks(rec.route, &rec.body).outline();
+            let seqs = request_prompt_seqs(rec.route, &rec.body, enc);
+            let units = seqs.first().map_or(&[][..], |s| s.units.as_slice());
+            let through = outline
+                .marks
+                .iter()
+                .enumerate()
+                .filter_map(|(b, m)| {
+                    let m = (*m)?;
+                    units
+                        .iter()
+                        .find(|u| u.item == m.item && u.part == m.part)
+                        .map(|u| (b as u32, u.pos))
+                })
+                .collect();
+            let ns = crate::traffic::namespace_of(rec.tenant);
+            let mut namespace = [0u8; 16];
+            namespace.copy_from_slice(&ns.as_bytes()[..16]);
+            let mut fam = [0u8; 16];
+            fam.copy_from_slice(&family.id.as_bytes()[..16]);
+            Box::new(BreakpointItem {
+                scope: Scope {
+                    namespace,
+                    family: fam,
+                },
+                outline,
+                through,
+            })
+        });
     Ok(Some(Item {
         line: n,
         ts_ms: rec.ts_ms,
@@ -341,6 +426,7 @@ fn item(
         drift,
         tools,
         schema,
+        breakpoint,
     }))
 }
 
@@ -530,7 +616,7 @@ fn strategy_report(
     let families_total = fams.len();
     let mut fam_list: Vec<(FamilyId, Vec<usize>)> = fams.into_iter().collect();
     fam_list.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
-    let families = fam_list
+    let families: Vec<FamilyReport> = fam_list
         .iter()
         .filter(|(_, m)| ratio(m.len() as u64, n as u64) >= FAMILY_MIN_SHARE)
         .take(FAMILIES_LISTED)
@@ -541,19 +627,22 @@ fn strategy_report(
             let mut flen: Vec<u64> = members.iter().map(|&l| items[idx[l]].length).collect();
             let ftokens = LengthStats::of(&mut flen);
             let fcache = members.iter().filter(|&&l| cacheable[l]).count() as u64;
+            let stable = fs.stable(0..m);
+            let breakpoint = family_breakpoint(members, idx, items, stable.len as u64);
             FamilyReport {
                 id: id.short_hex(),
                 requests: m as u64,
                 share: ratio(m as u64, n as u64),
                 tokens: ftokens,
                 shared_prefix_tokens: fs.shared(0..m),
-                stable_prefix: prefix_report(enc, &fseqs, fs.stable(0..m), m),
+                stable_prefix: prefix_report(enc, &fseqs, stable, m),
                 optimal_granularity: ftokens.article_granularity(),
                 recommended_granularity: fs.recommended(0..m, REUSE_TOLERANCE, MAX_PREFIX_TOKENS),
                 provider_cacheable: Cacheable {
                     requests: fcache,
                     share: ratio(fcache, m as u64),
                 },
+                breakpoint,
             }
         })
         .collect();
@@ -590,6 +679,18 @@ fn strategy_report(
     for f in lint::unstable_tools(schemas) {
         summary.add(&f, first_schema_line);
     }
+    // A family whose stable text ends inside a content block: the template needs that
+    // block split for a breakpoint to sit where the prompt stops changing.
+    for (report, (_, members)) in families.iter().zip(&fam_list) {
+        if let Some(t) = report.breakpoint.as_ref().and_then(|b| b.split_at_tokens) {
+            let first = members.first().map_or(0, |&l| items[idx[l]].line);
+            summary.add_many(
+                &breakpoint_split_finding(&report.id, t, report.breakpoint.as_ref()),
+                first,
+                members.len() as u64,
+            );
+        }
+    }
     if stable.len < PROVIDER_MIN_CACHEABLE_TOKENS {
         let first = idx.first().map_or(0, |&i| items[i].line);
         summary.add_many(
@@ -625,6 +726,101 @@ fn strategy_report(
         families_total,
         families,
         findings: summary.finish(),
+    }
+}
+
+/// The proxy's breakpoint learner over one family's requests (those to models with
+/// explicit breakpoints), in time order; `None` when it has none.
+fn family_breakpoint(
+    members: &[usize],
+    idx: &[usize],
+    items: &[Item],
+    stable_tokens: u64,
+) -> Option<FamilyBreakpoint> {
+    let mut reqs: Vec<&Item> = members
+        .iter()
+        .map(|&l| &items[idx[l]])
+        .filter(|it| it.breakpoint.is_some())
+        .collect();
+    if reqs.is_empty() {
+        return None;
+    }
+    reqs.sort_by_key(|it| (it.ts_ms.unwrap_or(0), it.line));
+    let prices = PriceTable::builtin();
+    let mut learner = Learner::default();
+    let mut out = FamilyBreakpoint {
+        block: None,
+        path: None,
+        tokens: None,
+        recurrence: 0.0,
+        injected: 0,
+        pays: false,
+        decision: String::new(),
+        expected_saving_usd: 0.0,
+        split_at_tokens: None,
+    };
+    for (k, it) in reqs.iter().enumerate() {
+        let Some(bp) = it.breakpoint.as_deref() else {
+            continue;
+        };
+        let rates = prices
+            .lookup(&it.model)
+            .map_or(TokenRates::OPENAI_BREAKPOINTS, |(_, p)| {
+                TokenRates::from_rates(&p.base)
+            });
+        // Untimed logs: one request a second, as replay spaces them.
+        let now = it.ts_ms.unwrap_or(k as i64 * 1000).max(0) as u64;
+        let mut count = bp;
+        let plan = learner.plan_outline(
+            bp.scope,
+            &bp.outline,
+            now,
+            &Rules::openai(rates),
+            &mut count,
+        );
+        out.recurrence = plan.recurrence;
+        out.decision = plan.decision.as_str().to_string();
+        out.pays = plan.decision == Decision::Inject;
+        if let Some(b) = plan.boundary {
+            out.block = Some(b.block);
+            out.path = Some(b.path.to_string());
+            out.tokens = Some(b.tokens);
+        }
+        if plan.decision == Decision::Inject {
+            out.injected += 1;
+            out.expected_saving_usd += plan.expected_value / 1e6;
+        }
+    }
+    // The stable text runs well past the last whole shared block (or there is none):
+    // it ends inside a block.
+    let boundary = out.tokens.unwrap_or(0);
+    if stable_tokens >= PROVIDER_MIN_CACHEABLE_TOKENS as u64 && stable_tokens >= boundary + 256 {
+        out.split_at_tokens = Some(stable_tokens);
+    }
+    Some(out)
+}
+
+/// The `breakpoint-split` rule: family `id`'s prompts agree for `tokens` tokens, past
+/// the last whole content block they share.
+fn breakpoint_split_finding(id: &str, tokens: u64, b: Option<&FamilyBreakpoint>) -> Finding {
+    let last = match b.and_then(|b| b.path.as_ref().zip(b.tokens)) {
+        Some((path, t)) => format!("the last whole block they share ends at {t} tokens ({path})"),
+        None => "they share no whole content block".to_string(),
+    };
+    Finding {
+        rule: Rule::BreakpointSplit,
+        severity: Severity::Info,
+        kind: "breakpoint-split",
+        message: format!(
+            "family {id}: the prompts agree for {tokens} tokens, but {last}; a cache \
+             breakpoint can only sit at the end of a content block"
+        ),
+        span: 0..0,
+        token_span: 0..tokens as usize,
+        excerpt: String::new(),
+        fix: "split the content block where the shared text ends: the fixed text in one \
+              content part, the changing text in the next, so the stable prefix ends on a \
+              block boundary",
     }
 }
 
@@ -742,6 +938,29 @@ impl Analysis {
                     f.recommended_granularity,
                     f.provider_cacheable.share * 100.0
                 );
+                if let Some(b) = &f.breakpoint {
+                    let place = match (&b.path, b.tokens) {
+                        (Some(p), Some(t)) => {
+                            format!("block {} ({p}) at {t} tokens", b.block.unwrap_or(0))
+                        }
+                        _ => "no shared block".to_string(),
+                    };
+                    let _ = writeln!(
+                        o,
+                        "      breakpoint: {place}; recurrence {:.2}; {} ({}); {} placed, expected ${:.4} saved",
+                        b.recurrence,
+                        if b.pays { "pays" } else { "does not pay" },
+                        b.decision,
+                        b.injected,
+                        b.expected_saving_usd
+                    );
+                    if let Some(t) = b.split_at_tokens {
+                        let _ = writeln!(
+                            o,
+                            "      the prompts agree for {t} tokens, past the last whole block they share: split the content block where the shared text ends (a content part of its own) so a breakpoint can sit there"
+                        );
+                    }
+                }
             }
             if s.findings.is_empty() {
                 let _ = writeln!(o, "  findings            none");

@@ -1,4 +1,4 @@
-//! Offline tools over request logs and prompts (DESIGN.md §8): `lint`, `analyze` (with
+//! Offline tools over request logs and prompts (`docs/analysis.md`): `lint`, `analyze` (with
 //! the deploy gate) and `replay` (the what-if simulator, offline or against a live
 //! proxy). The CLI (`crates/cli/src/cmd/{lint,analyze,replay}.rs`) parses flags and
 //! prints; everything else is here. Definitions and the `--json` schemas are in

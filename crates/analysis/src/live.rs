@@ -182,6 +182,9 @@ async fn send_all(reqs: Vec<Outgoing>, opts: &LiveOptions) -> Result<LiveReport,
     let client = reqwest::Client::builder()
         .timeout(opts.timeout)
         .pool_max_idle_per_host(concurrency)
+        // The bundled roots only, as before the proxy's `upstream_native_roots` option
+        // brought the OS trust store into the shared reqwest build.
+        .tls_built_in_native_certs(false)
         .build()
         .map_err(|e| AnalysisError::Live(format!("cannot build the HTTP client: {e}")))?;
     let total = reqs.len() as u64;

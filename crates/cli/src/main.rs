@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the caching proxy.
     Serve(cmd::serve::Args),
+    /// Ask a running proxy's /readyz; exit 0 when it is ready (a container HEALTHCHECK).
+    Healthcheck(cmd::healthcheck::Args),
     /// Run the mock upstream: OpenAI's routes and Anthropic's Messages API (tests, benchmarks, demos).
     MockUpstream(cmd::mock::Args),
     /// Count (and list) the tokens of a text.
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Healthcheck(args) => cmd::healthcheck::run(args),
         Command::MockUpstream(args) => cmd::mock::run(args),
         Command::Tokens(args) => cmd::tokens::run(args),
         Command::Diff(args) => cmd::diff::run(args),

@@ -1,4 +1,4 @@
-//! Replicas sharing one real Redis (issue 4), as separate `prefixcache serve` processes
+//! Replicas sharing one real Redis, as separate `prefixcache serve` processes
 //! this test owns: a request that missed on one replica is a hit on the other, and a
 //! Redis killed under load costs no failed client request; hits return after restart.
 

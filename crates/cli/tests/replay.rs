@@ -225,7 +225,7 @@ fn exact_hits_tokens_and_dollars_match_an_independent_model() {
         "exact",
         s(&path),
     ]));
-    assert_eq!(v["schema"], "prefixcache.replay/1");
+    assert_eq!(v["schema"], "prefixcache.replay/2");
     let exact = result(&v, "exact");
     assert_eq!(exact["requests"], 400);
     assert_eq!(exact["hits"], hits, "{exact}");

@@ -13,6 +13,8 @@
 //! - [`tokenizer`]: tiktoken-exact encodings and the model-name table.
 //! - [`prefix`]: the prefix text of a request, prefix families and their memo.
 //! - [`boundary`]: where two prompts' tokens first diverge (`prefixcache diff`).
+//! - [`breakpoint`]: automatic prompt-cache breakpoints (boundary learning per family,
+//!   the money rule, where a breakpoint goes).
 //! - [`lint`]: prompt-shape rules (dynamic prefixes, placeholders, whitespace drift,
 //!   short prefixes, unstable tool serialization) and the warning header.
 //! - [`pricing`]: the price table (embedded `pricing.toml`, config overrides) and the cost
@@ -24,6 +26,7 @@
 //! - [`wire`]: request flags and upstream bodies, rendering entries as JSON or SSE, usage.
 
 pub mod boundary;
+pub mod breakpoint;
 pub mod canonical;
 pub mod config;
 pub mod key;

@@ -1,4 +1,4 @@
-//! Prefix text and prefix families (DESIGN.md §6): what the provider sees first in a
+//! Prefix text and prefix families (`docs/tokenizer.md`): what the provider sees first in a
 //! request, the hash of its first N tokens, a bounded memo of recent prefix windows,
 //! and the conversation prefix behind the `prompt_cache_key = "conversation"` policy.
 //!
@@ -82,9 +82,10 @@ pub fn conversation_digest(route: Route, body: &Map<String, Value>) -> Option<[u
 }
 
 /// The `prompt_cache_key` prefixcache adds to a forwarded request that carries none
-/// (DESIGN.md §7): `conversation` pins every turn of one conversation to one provider
-/// machine (`pfx-c-` + 16 bytes of [`conversation_digest`]), `family` pins every request
-/// of a prefix family (`pfx-f-` + 16 bytes of the family id), `off` adds none. Chat
+/// (`docs/design.md`, "The provider's routing key"): `conversation` pins every turn of
+/// one conversation to one provider machine (`pfx-c-` + 16 bytes of
+/// [`conversation_digest`]), `family` pins every request of a prefix family (`pfx-f-` +
+/// 16 bytes of the family id), `off` adds none. Chat
 /// completions and Responses only: the other routes do not accept the field. The proxy
 /// and `replay` both derive it here, so the simulation sends what the proxy sends.
 pub fn derived_prompt_cache_key(
@@ -98,6 +99,9 @@ pub fn derived_prompt_cache_key(
     }
     match mode {
         PromptCacheKeyMode::Off => None,
+        // Resolved per family by the caller (`breakpoint::KeyShape`); unresolved, the
+        // family's key, which routes like sending none.
+        PromptCacheKeyMode::Auto => family.map(|f| format!("pfx-f-{}", hex(&f.as_bytes()[..16]))),
         PromptCacheKeyMode::Conversation => {
             conversation_digest(route, body).map(|d| format!("pfx-c-{}", hex(&d[..16])))
         }

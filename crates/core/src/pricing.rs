@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn builtin_cached_discounts_match_the_documented_shares() {
-        // DESIGN.md §7: cached input is 50% (gpt-4o, o1), 25% (gpt-4.1, o3, o4-mini) or
+        // OpenAI's pricing: cached input is 50% (gpt-4o, o1), 25% (gpt-4.1, o3, o4-mini) or
         // 10% (gpt-5 family) of the input price.
         let t = PriceTable::builtin();
         let share = |m: &str| {

@@ -541,7 +541,7 @@ fn dashboard_is_valid_and_queries_exported_metrics() {
         }
     }
 
-    // The panels the issue asks for.
+    // The panels docs/metrics.md documents, which operators look for first.
     let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
     for needle in [
         "Hit ratio: response cache vs provider prompt cache",

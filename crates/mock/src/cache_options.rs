@@ -212,38 +212,82 @@ fn check_breakpoints(route: MockRoute, body: &Map<String, Value>) -> Result<(), 
     Ok(())
 }
 
-/// The body without the fields that only steer the provider's cache
-/// (`prompt_cache_options`, `prompt_cache_breakpoint` on parts), for the content hash:
-/// a model writes the same answer with or without them. `None` when there are none.
+/// The body as the content hash reads it: without the fields that only steer the
+/// provider's cache (`prompt_cache_options`, `prompt_cache_breakpoint` on parts), and
+/// with a content array of exactly one plain text part read as the string it carries. A
+/// model writes the same answer in every case: the markers do not reach the prompt, and
+/// `"content": "x"` and `"content": [{"type": "text", "text": "x"}]` render the same
+/// tokens (the proxy turns the first into the second to place a breakpoint on it).
+/// `None` when the body is already in that form.
 pub fn without_cache_markers(
     route: MockRoute,
     body: &Map<String, Value>,
 ) -> Option<Map<String, Value>> {
-    let has_options = body.contains_key("prompt_cache_options");
-    if !has_options && first_breakpoint(route, body).is_none() {
+    let list = match route {
+        MockRoute::ChatCompletions => Some("messages"),
+        MockRoute::Responses => Some("input"),
+        _ => None,
+    };
+    let items = list
+        .and_then(|l| body.get(l))
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let touches_item = |item: &Value| {
+        ["content", "output"].iter().any(|f| {
+            item.get(*f).and_then(Value::as_array).is_some_and(|ps| {
+                one_text_part(ps).is_some()
+                    || ps
+                        .iter()
+                        .any(|p| p.get("prompt_cache_breakpoint").is_some())
+            })
+        })
+    };
+    if !body.contains_key("prompt_cache_options") && !items.iter().any(touches_item) {
         return None;
     }
     let mut out = body.clone();
     out.remove("prompt_cache_options");
-    let list = match route {
-        MockRoute::ChatCompletions => "messages",
-        MockRoute::Responses => "input",
-        _ => return Some(out),
+    let Some(Value::Array(items)) = list.and_then(|l| out.get_mut(l)) else {
+        return Some(out);
     };
-    if let Some(Value::Array(items)) = out.get_mut(list) {
-        for item in items {
-            for f in ["content", "output"] {
-                if let Some(Value::Array(ps)) = item.get_mut(f) {
-                    for p in ps {
-                        if let Some(o) = p.as_object_mut() {
-                            o.remove("prompt_cache_breakpoint");
-                        }
-                    }
+    for item in items {
+        let Some(obj) = item.as_object_mut() else {
+            continue;
+        };
+        for f in ["content", "output"] {
+            let Some(Value::Array(ps)) = obj.get_mut(f) else {
+                continue;
+            };
+            for p in ps.iter_mut() {
+                if let Some(o) = p.as_object_mut() {
+                    o.remove("prompt_cache_breakpoint");
                 }
+            }
+            if let Some(text) = one_text_part(ps) {
+                let text = Value::String(text.to_string());
+                obj.insert(f.to_string(), text);
             }
         }
     }
     Some(out)
+}
+
+/// The text of a content array that is one text part and nothing else (its marker
+/// aside): `[{"type": "text" | "input_text" | "output_text", "text": "..."}]`.
+fn one_text_part(parts: &[Value]) -> Option<&str> {
+    let [part] = parts else { return None };
+    let o = part.as_object()?;
+    let kind = o.get("type")?.as_str()?;
+    if !matches!(kind, "text" | "input_text" | "output_text") {
+        return None;
+    }
+    let plain = o
+        .keys()
+        .all(|k| matches!(k.as_str(), "type" | "text" | "prompt_cache_breakpoint"));
+    if !plain {
+        return None;
+    }
+    o.get("text")?.as_str()
 }
 
 #[cfg(test)]
@@ -414,13 +458,34 @@ mod tests {
     #[test]
     fn markers_are_stripped_for_the_content_hash() {
         let with = json!({"prompt_cache_options": {"mode": "explicit"}, "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "x", "prompt_cache_breakpoint": {"mode": "explicit"}}]}]});
-        let without =
-            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]});
+            {"role": "user", "content": [{"type": "text", "text": "x", "prompt_cache_breakpoint": {"mode": "explicit"}}, {"type": "text", "text": "y"}]}]});
+        let without = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}]});
         assert_eq!(
             without_cache_markers(CHAT, with.as_object().unwrap()).unwrap(),
             *without.as_object().unwrap()
         );
         assert!(without_cache_markers(CHAT, without.as_object().unwrap()).is_none());
+    }
+
+    /// The proxy places a breakpoint on a string content by turning it into a one-part
+    /// array: the model must see (and answer) the same thing.
+    #[test]
+    fn a_one_part_text_array_reads_as_its_string() {
+        let string = json!({"messages": [{"role": "system", "content": "rules"}, {"role": "user", "content": "q"}]});
+        let spliced = json!({"messages": [{"role": "system", "content": [{"type": "text", "text": "rules", "prompt_cache_breakpoint": {"mode": "explicit"}}]}, {"role": "user", "content": "q"}]});
+        assert_eq!(
+            without_cache_markers(CHAT, spliced.as_object().unwrap()).unwrap(),
+            *string.as_object().unwrap()
+        );
+        assert!(without_cache_markers(CHAT, string.as_object().unwrap()).is_none());
+        let string = json!({"input": [{"role": "developer", "content": "rules"}, {"type": "function_call_output", "call_id": "c", "output": "ok"}]});
+        let spliced = json!({"input": [{"role": "developer", "content": [{"type": "input_text", "text": "rules"}]}, {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "ok", "prompt_cache_breakpoint": {"mode": "explicit"}}]}]});
+        assert_eq!(
+            without_cache_markers(RESP, spliced.as_object().unwrap()).unwrap(),
+            *string.as_object().unwrap()
+        );
+        // Not plain text (an image, extra fields, two parts): left as written.
+        let image = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]});
+        assert!(without_cache_markers(CHAT, image.as_object().unwrap()).is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! The mock upstream (DESIGN.md §10): OpenAI's cached routes and `GET /v1/models`, and
+//! The mock upstream (`docs/mock-upstream.md`): OpenAI's cached routes and `GET /v1/models`, and
 //! Anthropic's Messages API, in the real APIs' wire formats, deterministic content derived from the request, exact
 //! `usage` from the real tokenizer, SSE streams chunked like the real ones, a simulation
 //! of the provider's prompt cache that fills `cached_tokens`, configurable latency, and

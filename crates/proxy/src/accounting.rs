@@ -21,7 +21,9 @@ use serde_json::{Map, Value};
 use crate::admission::AdmittedBody;
 use crate::dashboard::families::{Answer, StaticPrefix};
 use crate::memo::Memo;
-use crate::metrics::{CacheableLabels, KindLabels, PolicyLabels, PolicyTokenLabels, TokenLabels};
+use crate::metrics::{
+    BreakpointKindLabels, CacheableLabels, KindLabels, PolicyLabels, PolicyTokenLabels, TokenLabels,
+};
 use crate::reqlog::{Record, rfc3339_ms};
 use crate::state::AppState;
 
@@ -107,6 +109,9 @@ pub struct Ledger {
     pub static_part: StaticPart,
     /// Set once the forwarded body is prepared.
     pub prompt_cache_key: PromptCacheKeySource,
+    /// The breakpoint of the forwarded body: its policy (`auto`, `caller`, `none`, the
+    /// metrics' label) and the decision behind it (the request log's).
+    pub breakpoint: crate::breakpoints::BreakpointNote,
 }
 
 /// How one request ended, for its log line.
@@ -209,6 +214,27 @@ impl AppState {
                         .get_or_create(&PolicyLabels { prompt_cache_key })
                         .inc_by(c.cache_write_usd);
                 }
+                let breakpoints = ledger.breakpoint.policy;
+                for (kind, n) in [
+                    ("prompt", u.prompt_tokens),
+                    ("cached", u.cached_tokens),
+                    ("cache_write", u.cache_write_tokens),
+                ] {
+                    m.provider_breakpoint_tokens
+                        .get_or_create(&BreakpointKindLabels { breakpoints, kind })
+                        .inc_by(n);
+                }
+                if let Some(c) = priced {
+                    for (kind, usd) in [
+                        ("spent", c.usd),
+                        ("cache_read", c.cached_usd),
+                        ("cache_write", c.cache_write_usd),
+                    ] {
+                        m.provider_breakpoint_usd
+                            .get_or_create(&BreakpointKindLabels { breakpoints, kind })
+                            .inc_by(usd);
+                    }
+                }
                 // A prompt under the floor is not cacheable whatever its static part.
                 let long_enough = u.prompt_tokens >= PROVIDER_CACHE_MIN_TOKENS as u64;
                 let (static_prefix, cacheable) = match ledger.static_part {
@@ -246,6 +272,7 @@ impl AppState {
                     model: end.model,
                     usage: end.usage.map(Into::into),
                     cost_usd: cost.filter(|_| end.source == Source::Upstream),
+                    breakpoint: (end.source == Source::Upstream).then_some(ledger.breakpoint),
                     saved_usd: cost.filter(|_| end.source == Source::Cache),
                 },
                 raw.bytes(),

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::accounting::{Ending, Ledger, PromptCacheKeySource, Source, StaticPart};
 use crate::admission::{AdmittedBody, hold};
+use crate::breakpoints::{PlaceInput, Placement};
 use crate::error::ApiError;
 use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
 use crate::headers::{self, CacheDirectives, UpstreamCaching, end_to_end};
@@ -222,6 +223,7 @@ async fn handle_inner(
         key: keys.key,
         family: family_id,
         warning: None,
+        breakpoint: None,
     };
     let mut ledger = Ledger {
         started,
@@ -233,6 +235,7 @@ async fn handle_inner(
         raw: state.request_log.is_some().then(|| raw.clone()),
         static_part: StaticPart::Unknown,
         prompt_cache_key: PromptCacheKeySource::None,
+        breakpoint: crate::breakpoints::BreakpointNote::default(),
     };
 
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
@@ -286,11 +289,13 @@ async fn handle_inner(
     labels.warning = family
         .as_ref()
         .and_then(|f| state.lint_request(strategy, f, &namespace, true));
-    // What forwarding and accounting need from the tree is taken now; the tree is
-    // dropped before the upstream round trip, which may last minutes.
+    // What forwarding and accounting need from the tree is taken now (the provider's
+    // prompt-cache key and breakpoint, the prompt's static part); the tree is dropped
+    // before the upstream round trip, which may last minutes.
     let forward = Forward {
         route,
         strategy: strategy_index,
+        namespace,
         family: family_id,
         model: flags.model,
         has_prompt_cache_key: flags.has_prompt_cache_key,
@@ -302,14 +307,20 @@ async fn handle_inner(
         upstream,
         prompt_cache_key,
         static_part,
+        placement,
     } = off_worker(state, raw.bytes().len(), {
         let (state, raw) = (state.clone(), raw.clone());
         move || prepare(&state, &forward, tree, &raw)
     })
     .await?;
     drop(raw);
+    labels.breakpoint = placement.header();
     ledger.prompt_cache_key = prompt_cache_key;
     ledger.static_part = static_part;
+    ledger.breakpoint = placement.note();
+    if let Some(plan) = placement.plan {
+        state.metrics.breakpoint_decision(plan.decision.as_str());
+    }
     let outcome = match bypass {
         Some(reason) => {
             state
@@ -529,6 +540,7 @@ fn invalid_json(e: wire::WireError) -> ApiError {
 struct Forward {
     route: Route,
     strategy: usize,
+    namespace: Namespace,
     family: Option<FamilyId>,
     model: String,
     has_prompt_cache_key: bool,
@@ -545,10 +557,13 @@ struct Prepared {
     upstream: AdmittedBody,
     prompt_cache_key: PromptCacheKeySource,
     static_part: StaticPart,
+    /// The provider's prompt cache: the key policy and the breakpoint placed.
+    placement: Placement,
 }
 
-/// Splices the `prompt_cache_key` and `include_usage` the proxy adds into the caller's
-/// bytes and measures what accounting will need of the prompt; consumes the tree.
+/// Places the provider's prompt-cache key and breakpoint (`breakpoints.rs`), splices
+/// them and `include_usage` into the caller's bytes, and measures what accounting will
+/// need of the prompt; consumes the tree.
 fn prepare(
     state: &AppState,
     f: &Forward,
@@ -556,16 +571,34 @@ fn prepare(
     raw: &AdmittedBody,
 ) -> Result<Prepared, ApiError> {
     let strategy = &state.config.strategies[f.strategy];
-    let derived = if f.has_prompt_cache_key || !f.complete {
-        // A caller's own key is never overwritten; without the tree none is derived.
-        None
-    } else {
-        derived_prompt_cache_key(strategy.prompt_cache_key, f.route, &tree, f.family.as_ref())
+    let placement = match (&f.family, f.splice && f.complete) {
+        (Some(family), true) => state.breakpoints.place(
+            &PlaceInput {
+                strategy,
+                route: f.route,
+                body: &tree,
+                model: &f.model,
+                namespace: &f.namespace,
+                family,
+                now_ms: state.now_ms(),
+            },
+            &state.prices,
+        ),
+        // Duplicate keys: the bytes go as sent. A tree over budget: nothing to learn from.
+        _ => Placement::default(),
+    };
+    let derived = match placement.key_mode {
+        // A caller's own key is never overwritten.
+        Some(mode) if !f.has_prompt_cache_key => {
+            derived_prompt_cache_key(mode, f.route, &tree, f.family.as_ref())
+        }
+        _ => None,
     };
     let injections = if f.splice {
         Injections {
             include_usage: f.stream,
             prompt_cache_key: derived.as_deref(),
+            breakpoint: placement.breakpoint,
         }
     } else {
         // Which of two equal keys counts is the provider's reading; the bytes go as sent.
@@ -583,9 +616,10 @@ fn prepare(
         prompt_cache_key: PromptCacheKeySource::of(
             f.has_prompt_cache_key,
             derived.is_some(),
-            strategy.prompt_cache_key,
+            placement.key_mode.unwrap_or(strategy.prompt_cache_key),
         ),
         static_part,
+        placement,
     })
 }
 
@@ -602,6 +636,8 @@ struct Labels {
     family: Option<FamilyId>,
     /// `x-prefixcache-warning`, when the prefix has findings.
     warning: Option<HeaderValue>,
+    /// `x-prefixcache-breakpoint`, on forwarded requests to models with breakpoints.
+    breakpoint: Option<HeaderValue>,
 }
 
 fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
@@ -619,6 +655,11 @@ fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
     }
     if let Some(w) = &labels.warning {
         h.insert(headers::WARNING, w.clone());
+    }
+    if let Some(b) = &labels.breakpoint
+        && outcome != Outcome::Coalesced
+    {
+        h.insert(headers::BREAKPOINT, b.clone());
     }
 }
 

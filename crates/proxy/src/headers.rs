@@ -1,4 +1,4 @@
-//! The headers of the interface contract (DESIGN.md §3): what callers may send to steer
+//! The headers of the interface contract (`docs/headers.md`): what callers may send to steer
 //! the cache, what the proxy answers with, and which headers never cross a proxy.
 
 use std::time::Duration;
@@ -15,6 +15,8 @@ pub const WARNING: HeaderName = HeaderName::from_static("x-prefixcache-warning")
 pub const TTL: HeaderName = HeaderName::from_static("x-prefixcache-ttl");
 pub const STRATEGY: HeaderName = HeaderName::from_static("x-prefixcache-strategy");
 /// Why a request was forwarded without the cache (`BYPASS` only).
+/// Where an automatic prompt-cache breakpoint was placed, or why none was.
+pub const BREAKPOINT: HeaderName = HeaderName::from_static("x-prefixcache-breakpoint");
 pub const BYPASS: HeaderName = HeaderName::from_static("x-prefixcache-bypass");
 pub const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 pub const OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
@@ -167,7 +169,7 @@ impl UpstreamCaching {
     }
 }
 
-/// Headers the proxy consumes and strips before forwarding (DESIGN.md §3).
+/// Headers the proxy consumes and strips before forwarding (`docs/headers.md`).
 pub fn is_proxy_directive(name: &HeaderName) -> bool {
     name == header::CACHE_CONTROL || name == TTL || name == STRATEGY
 }

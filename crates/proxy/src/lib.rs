@@ -11,6 +11,7 @@
 //! - [`state`]: shared state; store access that fails open and is measured.
 //! - [`accounting`]: tokens, dollars and request-log lines of answered requests.
 //! - [`cached`]: the cached routes (lookup, coalescing, forwarding, storing).
+//! - [`breakpoints`]: automatic prompt-cache breakpoints and the per-family key choice.
 //! - [`flight`]: one upstream response read once and fanned out to its callers.
 //! - [`passthrough`]: every other route, forwarded unchanged.
 //! - [`reqlog`]: the request log (JSON lines, rotated by size).
@@ -27,6 +28,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod admission;
+pub mod breakpoints;
 pub mod cached;
 pub mod dashboard;
 pub mod error;
@@ -100,8 +102,16 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready while the process can answer requests: a failing store does not make it
-/// unready (requests fail open to upstream) but is reported as `degraded`.
+/// unready (requests fail open to upstream) but is reported as `degraded`. Once shutdown
+/// has begun it answers 503 (`shutting_down`), while requests are still served.
 async fn readyz(State(state): State<AppState>) -> Response {
+    if state.readiness.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting_down"})),
+        )
+            .into_response();
+    }
     let timeout = state.config.store.timeout * 2;
     let store = match tokio::time::timeout(timeout, state.store.health()).await {
         Ok(Ok(())) => json!({"backend": state.store.backend(), "status": "ok"}),
@@ -168,7 +178,8 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 }
 
 /// Runs the proxy (and the admin listener, if any) until `shutdown` resolves, then
-/// drains: the listeners close, open connections get `drain_timeout` to finish (then
+/// drains: `/readyz` fails at once and requests are still served for `shutdown_delay`
+/// (so load balancers stop sending new ones), then the listeners close, open connections get `drain_timeout` to finish (then
 /// they are closed), background work (reading upstream responses, storing them) is
 /// waited for, the request log is flushed and the store is flushed.
 pub async fn serve(
@@ -214,9 +225,22 @@ pub async fn serve(
         r = &mut servers => r?,
         never = sampler => match never {},
         () = shutdown => {
-            tracing::info!(?drain, "shutting down: no new connections, draining in-flight requests");
-            stop.cancel();
-            servers.await?;
+            state.readiness.shut_down();
+            let delay = state.config.shutdown_delay;
+            if !delay.is_zero() {
+                tracing::info!(?delay, "shutting down: /readyz fails, still serving for shutdown_delay");
+            }
+            // The listeners only end on their own when they fail: then there is
+            // nothing left to drain.
+            let failed = tokio::select! {
+                r = &mut servers => { r?; true }
+                () = tokio::time::sleep(delay) => false,
+            };
+            if !failed {
+                tracing::info!(?drain, "shutting down: no new connections, draining in-flight requests");
+                stop.cancel();
+                servers.await?;
+            }
         }
     }
     state.tasks.close();

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §9), one registry per proxy instance so in-process
+//! Prometheus metrics (`docs/metrics.md`), one registry per proxy instance so in-process
 //! tests can scrape exact deltas. Every label value is drawn from a fixed set or from
 //! the configured strategy names: never keys, families, tenants or models.
 
@@ -87,6 +87,19 @@ pub struct RuleLabels {
 pub struct PolicyTokenLabels {
     pub prompt_cache_key: &'static str,
     pub kind: &'static str,
+}
+
+/// Provider prompt-cache figures by breakpoint policy: `auto` (the proxy placed one),
+/// `caller` (the caller's own), `none`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakpointKindLabels {
+    pub breakpoints: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -219,6 +232,10 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     pub body_bytes_in_flight: Gauge,
     pub oversized_responses: Counter,
+    pub breakpoints_injected: Counter,
+    pub breakpoint_decisions: Family<DecisionLabels, Counter>,
+    pub provider_breakpoint_tokens: Family<BreakpointKindLabels, Counter>,
+    pub provider_breakpoint_usd: Family<BreakpointKindLabels, Counter<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -396,6 +413,31 @@ impl Metrics {
             "Upstream responses larger than limits.max_response_bytes: streamed through, neither stored nor shared",
             oversized_responses.clone(),
         );
+        let breakpoints_injected = Counter::default();
+        registry.register(
+            "breakpoints_injected",
+            "Forwarded requests on which the proxy placed a prompt-cache breakpoint at the family's learned boundary",
+            breakpoints_injected.clone(),
+        );
+        let breakpoint_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "breakpoint_decisions",
+            "Breakpoint decisions on forwarded requests to models with breakpoints (injected, caller, caller_explicit_mode, not_recurring, below_minimum, at_implicit, not_worth)",
+            breakpoint_decisions.clone(),
+        );
+        let provider_breakpoint_tokens = Family::<BreakpointKindLabels, Counter>::default();
+        registry.register(
+            "provider_breakpoint_tokens",
+            "Prompt tokens of upstream responses by breakpoint policy (auto, caller, none) and kind (prompt, cached, cache_write)",
+            provider_breakpoint_tokens.clone(),
+        );
+        let provider_breakpoint_usd =
+            Family::<BreakpointKindLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "provider_breakpoint_usd",
+            "US dollars of upstream responses by breakpoint policy (auto, caller, none) and kind (spent: the whole request, writes included; cache_read; cache_write)",
+            provider_breakpoint_usd.clone(),
+        );
         Metrics {
             rejected,
             client_timeouts,
@@ -403,6 +445,10 @@ impl Metrics {
             requests_in_flight,
             body_bytes_in_flight,
             oversized_responses,
+            breakpoints_injected,
+            breakpoint_decisions,
+            provider_breakpoint_tokens,
+            provider_breakpoint_usd,
             provider_cacheable,
             bypassed,
             store_skipped,
@@ -428,7 +474,36 @@ impl Metrics {
         }
     }
 
+    /// Creates every `requests_total` series of these strategies at 0. Prometheus's
+    /// `rate()` needs a series to exist before it grows: a series born at its first
+    /// request would hide that request from the hit-ratio rules, and a replica that
+    /// never had a hit would have no hit series at all, so the ratio (and its alert)
+    /// would be empty instead of 0.
+    pub fn init_request_series(&self, strategies: impl IntoIterator<Item = &'static str>) {
+        for strategy in strategies {
+            for route in ROUTES {
+                for status in STATUSES {
+                    let _created = self.requests.get_or_create(&RequestLabels {
+                        route,
+                        strategy,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+
     /// Records one finished request.
+    /// Counts one breakpoint decision (and an injection).
+    pub fn breakpoint_decision(&self, decision: &'static str) {
+        self.breakpoint_decisions
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
+        if decision == "injected" {
+            self.breakpoints_injected.inc();
+        }
+    }
+
     pub fn request(
         &self,
         route: &'static str,

@@ -1,6 +1,6 @@
-//! The request log: one JSON line per request on a cached route, written by a dedicated
-//! thread so a slow disk never slows a request, rotated by size, readable by the
-//! proxy's user only (it holds every tenant's prompts).
+//! The request log (`docs/request-log.md`): one JSON line per request on a cached
+//! route, written by a dedicated thread so a slow disk never slows a request, rotated by
+//! size, readable by the proxy's user only (it holds every tenant's prompts).
 //!
 //! Lines are handed over through a queue bounded in lines and in bytes; when it is full
 //! (the disk cannot keep up) a line is dropped and counted rather than making the
@@ -44,6 +44,10 @@ pub struct Record<'a> {
     pub usage: Option<UsageRecord>,
     pub cost_usd: Option<f64>,
     pub saved_usd: Option<f64>,
+    /// Forwarded requests: the prompt-cache breakpoint of what was sent (`policy`:
+    /// `auto` when the proxy placed one, `caller`, `none`) and the decision behind it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakpoint: Option<crate::breakpoints::BreakpointNote>,
 }
 
 #[derive(Debug, Serialize, Clone, Copy)]
@@ -338,6 +342,7 @@ mod tests {
             usage: None,
             cost_usd: None,
             saved_usd: None,
+            breakpoint: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,12 +18,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::accounting::CacheableMemo;
 use crate::admission::Admission;
+use crate::breakpoints::Breakpoints;
 use crate::dashboard::Dashboard;
 use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::reqlog::RequestLog;
 use crate::tenant::Tenancy;
-use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::upstream::{SetupError, UpstreamClient};
 use crate::warnings::LintMemo;
 
 /// Shared, cheaply clonable handle to the proxy's state.
@@ -50,6 +52,8 @@ pub struct Inner {
     pub dashboard: Dashboard,
     /// Owns upstream-reading and store-writing tasks; waited for at shutdown.
     pub tasks: TaskTracker,
+    /// Whether the process is shutting down (`/readyz` then fails).
+    pub readiness: Readiness,
     /// The request log (`log.path`), if enabled.
     pub request_log: Option<RequestLog>,
     /// Which static prefixes are long enough for the provider's prompt cache.
@@ -66,6 +70,8 @@ pub struct Inner {
     /// Elements of a token-id prompt the request tree keeps: enough for the largest
     /// family window of any strategy.
     prompt_elements: usize,
+    /// Learned prompt boundaries per namespace and family (automatic breakpoints).
+    pub breakpoints: Breakpoints,
     /// Strategy names as `'static` metric labels (see [`AppState::strategy_label`]).
     strategy_labels: HashMap<String, &'static str>,
     /// When each lint rule last wrote a log line (rate limit), in Unix ms.
@@ -85,6 +91,25 @@ impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.inner
+    }
+}
+
+/// Whether this replica should get new traffic. It stops being ready once shutdown
+/// begins, while it still serves, so load balancers and Kubernetes move traffic away
+/// before the listener closes (`shutdown_delay`).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    /// From now on `/readyz` answers 503.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 }
 
@@ -109,7 +134,7 @@ impl StoreResult for () {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("upstream client: {0}")]
-    Upstream(#[from] UpstreamError),
+    Upstream(#[from] SetupError),
     #[error("pricing: {0}")]
     Pricing(String),
     #[error("cache.tenant_headers: {0:?} is not a valid header name")]
@@ -203,6 +228,7 @@ impl AppState {
             metrics.rejected.clone(),
             metrics.client_timeouts.clone(),
         ));
+        metrics.init_request_series(strategy_labels.values().copied());
         let dashboard = Dashboard::new(
             config
                 .strategies
@@ -224,6 +250,7 @@ impl AppState {
                 metrics,
                 dashboard,
                 tasks: TaskTracker::new(),
+                readiness: Readiness::default(),
                 request_log,
                 cacheable: CacheableMemo::new(crate::accounting::CACHEABLE_MEMO_ENTRIES),
                 prices,
@@ -231,6 +258,7 @@ impl AppState {
                 drift: WhitespaceDrift::default(),
                 lint_memo: LintMemo::new(crate::warnings::MEMO_FAMILIES),
                 prompt_elements,
+                breakpoints: Breakpoints::default(),
                 strategy_labels,
                 lint_logged: Mutex::new(HashMap::new()),
                 config,

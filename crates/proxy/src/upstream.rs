@@ -1,12 +1,13 @@
 //! The upstream client: one pooled reqwest client, the URL and header rules for
 //! forwarding a caller's request (paths stay inside the configured base, connection
-//! headers stay behind, the proxy's own key goes only to API routes), and the timeouts
-//! that turn into 502/504. Errors never carry the upstream URL.
+//! headers stay behind, the proxy's own key goes only to API routes), the way out
+//! (HTTP(S) proxy, private CAs, client certificate), and the timeouts that turn into
+//! 502/504. Errors never carry the upstream URL.
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use prefixcache_core::config::Config;
+use prefixcache_core::config::{Config, Egress, UpstreamProxy};
 
 use crate::headers::{end_to_end, is_proxy_directive};
 
@@ -18,6 +19,12 @@ pub enum UpstreamError {
     #[error("no response within {0:?}")]
     Timeout(Duration),
 }
+
+/// Why the upstream client cannot be built from the configuration (a URL, a CA or key
+/// file): a start-up error, never a request's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
 
 impl UpstreamError {
     /// Label for `upstream_errors_total{code}`.
@@ -66,22 +73,23 @@ impl std::fmt::Debug for UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(config: &Config) -> Result<UpstreamClient, UpstreamError> {
-        let client = reqwest::Client::builder()
+    /// Builds the client. It reads `upstream_ca_file` and the client certificate: call
+    /// it at start-up, not on the request path.
+    pub fn new(config: &Config) -> Result<UpstreamClient, SetupError> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             // A proxy passes redirects through to the caller rather than following them.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        let client = egress(builder, &config.egress)?
             .build()
-            .map_err(|e| UpstreamError::Unreachable(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| SetupError(format!("building the HTTP client: {}", error_chain(&e))))?;
         let fallback_auth = match &config.upstream_api_key {
             Some(key) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    UpstreamError::Unreachable(
-                        "upstream_api_key is not a valid header value".into(),
-                    )
+                    SetupError("upstream_api_key is not a valid header value".into())
                 })?;
                 v.set_sensitive(true);
                 Some(v)
@@ -89,7 +97,7 @@ impl UpstreamClient {
             None => None,
         };
         let base = reqwest::Url::parse(config.upstream.as_str())
-            .map_err(|e| UpstreamError::Unreachable(format!("upstream URL: {e}")))?;
+            .map_err(|e| SetupError(format!("upstream URL: {e}")))?;
         let base_path = base.path().trim_end_matches('/').to_string();
         Ok(UpstreamClient {
             client,
@@ -165,9 +173,84 @@ impl UpstreamClient {
         match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e.without_url()))),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(with_hint(error_chain(
+                &e.without_url(),
+            )))),
             Ok(Ok(resp)) => Ok(resp),
         }
+    }
+}
+
+/// Applies `[egress]`-style settings (proxy, trust, identity) to the client builder.
+/// HTTP/2 is still negotiated by ALPN: only trust and identity are added to the TLS
+/// configuration reqwest builds, never a configuration of our own.
+fn egress(
+    mut builder: reqwest::ClientBuilder,
+    egress: &Egress,
+) -> Result<reqwest::ClientBuilder, SetupError> {
+    builder = match &egress.proxy {
+        // reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (and their
+        // lower-case forms) itself, as curl does.
+        UpstreamProxy::FromEnv => builder,
+        UpstreamProxy::Off => builder.no_proxy(),
+        UpstreamProxy::Url(url) => {
+            let proxy = reqwest::Proxy::all(url.as_str())
+                .map_err(|e| {
+                    SetupError(format!(
+                        "upstream_proxy {}: {e}",
+                        prefixcache_core::config::redact_url(url)
+                    ))
+                })?
+                .no_proxy(reqwest::NoProxy::from_env());
+            builder.proxy(proxy)
+        }
+    };
+    builder = builder.tls_built_in_native_certs(egress.native_roots);
+    if let Some(path) = &egress.ca_file {
+        let pem = read_pem(path, "upstream_ca_file")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| SetupError(format!("upstream_ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(SetupError(format!(
+                "upstream_ca_file {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&egress.client_cert, &egress.client_key) {
+        let mut pem = read_pem(cert, "upstream_client_cert")?;
+        pem.push(b'\n');
+        pem.extend(read_pem(key, "upstream_client_key")?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            SetupError(format!(
+                "upstream_client_cert {} with upstream_client_key {}: {}",
+                cert.display(),
+                key.display(),
+                error_chain(&e)
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder)
+}
+
+fn read_pem(path: &std::path::Path, key: &str) -> Result<Vec<u8>, SetupError> {
+    std::fs::read(path).map_err(|e| SetupError(format!("{key} {}: {e}", path.display())))
+}
+
+/// A certificate the proxy does not trust is most often a private CA (a corporate
+/// gateway, an intercepting proxy): say which setting fixes it.
+fn with_hint(message: String) -> String {
+    if message.contains("UnknownIssuer") || message.contains("invalid peer certificate") {
+        format!(
+            "{message} (if the upstream or a proxy in between uses a private CA, set upstream_ca_file \
+             or upstream_native_roots)"
+        )
+    } else {
+        message
     }
 }
 

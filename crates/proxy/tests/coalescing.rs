@@ -1,4 +1,4 @@
-//! Identical requests in flight cost one upstream call (issue 4), and a failing leader
+//! Identical requests in flight cost one upstream call, and a failing leader
 //! does not fail its followers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]

@@ -1,4 +1,4 @@
-//! Prefix families on the wire (issue 3): `x-prefixcache-family` groups requests that
+//! Prefix families on the wire: `x-prefixcache-family` groups requests that
 //! share their first N tokens, and `key_mode = "prefix"` keeps one slot per family.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]

@@ -1,4 +1,4 @@
-//! Metrics after a scripted sequence (issue 5): a miss, a hit, coalesced requests, a
+//! Metrics after a scripted sequence: a miss, a hit, coalesced requests, a
 //! store failure and an upstream 500, with exact counter deltas and dollar sums.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]

@@ -1,4 +1,4 @@
-//! What the proxy tells about its traffic (issue 5): the request log, token metrics,
+//! What the proxy tells about its traffic: the request log, token metrics,
 //! and the `prompt_cache_key` it adds for the provider's prompt cache.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -33,10 +33,13 @@ fn forwarded_key(h: &Harness) -> Option<String> {
 
 #[tokio::test]
 async fn conversation_keys_are_stable_per_conversation_and_never_overwrite() {
-    let h = Harness::start(Setup::default()).await;
+    let h = Harness::start(
+        Setup::default().toml("[strategies.default]\nprompt_cache_key = \"conversation\""),
+    )
+    .await;
     h.chat(&conversation("You are terse.", &["first question"]))
         .await;
-    let turn1 = forwarded_key(&h).expect("a key is added by default");
+    let turn1 = forwarded_key(&h).expect("a key is added");
     assert!(turn1.starts_with("pfx-c-"), "{turn1}");
     h.chat(&conversation(
         "You are terse.",
@@ -63,6 +66,26 @@ async fn conversation_keys_are_stable_per_conversation_and_never_overwrite() {
     // The key is not part of the cache key: the same request without it is a hit.
     own.as_object_mut().unwrap().remove("prompt_cache_key");
     assert_eq!(h.chat(&own).await.cache(), "HIT");
+}
+
+/// The default, `auto`: a quiet family (here two requests) gets the family's key, the
+/// same for its single-turn requests and its conversations' turns.
+#[tokio::test]
+async fn the_default_key_of_a_quiet_family_is_the_familys() {
+    let h = Harness::start(Setup::default()).await;
+    // Longer than the family's 50-token window, so every turn is in one family.
+    let system = "You are terse. Answer in one sentence, cite the manual's section numbers, \
+                  and never guess prices or stock levels. "
+        .repeat(4);
+    h.chat(&conversation(&system, &["first question"])).await;
+    let first = forwarded_key(&h).expect("a key is added by default");
+    assert!(first.starts_with("pfx-f-"), "{first}");
+    h.chat(&conversation(&system, &["first question", "second"]))
+        .await;
+    assert_eq!(forwarded_key(&h).unwrap(), first);
+    h.chat(&conversation(&system, &["another conversation"]))
+        .await;
+    assert_eq!(forwarded_key(&h).unwrap(), first);
 }
 
 #[tokio::test]

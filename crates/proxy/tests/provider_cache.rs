@@ -1,5 +1,5 @@
 //! The effect of `prompt_cache_key` on the provider's prompt cache, measured with the
-//! mock's simulation (issue 5): many multi-turn conversations sharing one long system
+//! mock's simulation: many multi-turn conversations sharing one long system
 //! prompt, at a rate far above the provider's ~15 requests/minute overflow threshold.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]

@@ -1,4 +1,4 @@
-//! Live prefix warnings (issue 5): content that cannot repeat inside the prefix window,
+//! Live prefix warnings: content that cannot repeat inside the prefix window,
 //! and whitespace drift between requests of one strategy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]

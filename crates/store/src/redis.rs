@@ -40,7 +40,6 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, TlsMode, Value};
-use tokio::sync::OnceCell;
 
 use crate::entry;
 use crate::{CacheStore, Clock, Entry, PurgeFilter, StoreError, StoreStats};
@@ -58,6 +57,10 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// first, this only bounds admin operations (purge) that issue many commands.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A cluster connection that has answered no command for this long, while commands were
+/// sent, is dropped and a new one is built from the seed nodes (at most once per this
+/// interval).
+const CLUSTER_STALE_AFTER: Duration = Duration::from_secs(3);
 
 /// Where the store connects, parsed from `store.redis_url`.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +199,17 @@ pub struct RedisStore {
 /// The store's state, shared with its stats refresher (which holds it weakly).
 struct Shared {
     client: Client,
-    conn: OnceCell<Conn>,
+    /// The connection, built on first use (and rebuilt, see [`Shared::conn`]).
+    conn: std::sync::Mutex<Option<Conn>>,
+    /// Held while a connection is being built, so only one is.
+    connecting: tokio::sync::Mutex<()>,
+    /// Time base of the two instants below, in milliseconds since it (plus one, so 0
+    /// means "none").
+    born: std::time::Instant,
+    /// When the oldest command sent since the last answer was sent; 0 after an answer.
+    unanswered_since_ms: AtomicU64,
+    /// When the connection was last dropped for a new one.
+    rebuilt_ms: AtomicU64,
     clock: Arc<dyn Clock>,
     url: String,
     entries: AtomicU64,
@@ -314,7 +327,11 @@ impl Shared {
         };
         Ok(Shared {
             client,
-            conn: OnceCell::new(),
+            conn: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            born: std::time::Instant::now(),
+            unanswered_since_ms: AtomicU64::new(0),
+            rebuilt_ms: AtomicU64::new(0),
             clock,
             url: redact(url),
             entries: AtomicU64::new(0),
@@ -323,32 +340,87 @@ impl Shared {
         })
     }
 
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn cached_conn(&self) -> Option<Conn> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The connection, built on first use. A single-node connection reconnects by
+    /// itself. A cluster connection can stay broken after its client was cut off the
+    /// network while the cluster failed over (it keeps asking nodes that are gone), so
+    /// one that has answered nothing for [`CLUSTER_STALE_AFTER`] while commands were
+    /// sent (errors and the guard's timeouts alike) is replaced by a new one built from
+    /// the seed nodes, as at start-up. An idle connection is left alone.
     async fn conn(&self) -> Result<Conn, StoreError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                match &self.client {
-                    Client::Single(c) => {
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                            .set_number_of_retries(1)
-                            .set_max_delay(Duration::from_secs(1));
-                        c.get_connection_manager_with_config(config)
-                            .await
-                            .map(Conn::Single)
-                    }
-                    Client::Cluster(c) => c.get_async_connection().await.map(Conn::Cluster),
-                }
-            })
-            .await
-            .map_err(unavailable)?;
-        Ok(conn.clone())
+        if matches!(self.client, Client::Cluster(_)) {
+            let now = self.elapsed_ms();
+            let stale = CLUSTER_STALE_AFTER.as_millis() as u64;
+            let unanswered = self.unanswered_since_ms.load(Ordering::Relaxed);
+            let rebuilt = self.rebuilt_ms.load(Ordering::Relaxed);
+            if unanswered != 0
+                && now.saturating_sub(unanswered) > stale
+                && now.saturating_sub(rebuilt) > stale
+                && self
+                    .rebuilt_ms
+                    .compare_exchange(rebuilt, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                && self
+                    .conn
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .is_some()
+            {
+                tracing::info!(url = %self.url, "no answer from the Redis Cluster for a while; reconnecting from the seed nodes");
+            }
+        }
+        if let Some(conn) = self.cached_conn() {
+            return Ok(conn);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(conn) = self.cached_conn() {
+            return Ok(conn);
+        }
+        let conn = match &self.client {
+            Client::Single(c) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                c.get_connection_manager_with_config(config)
+                    .await
+                    .map(Conn::Single)
+            }
+            Client::Cluster(c) => c.get_async_connection().await.map(Conn::Cluster),
+        }
+        .map_err(unavailable)?;
+        // A fresh connection counts as an answer: it is not replaced right away.
+        self.unanswered_since_ms.store(0, Ordering::Relaxed);
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        // Only the first unanswered command sets the time (0 -> now).
+        let _ = self.unanswered_since_ms.compare_exchange(
+            0,
+            self.elapsed_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let mut conn = self.conn().await?;
-        cmd.query_async(&mut conn).await.map_err(unavailable)
+        let result = cmd.query_async(&mut conn).await.map_err(unavailable);
+        // An error the server replied with is an answer too: the connection works.
+        if !matches!(result, Err(StoreError::Unavailable(_))) {
+            self.unanswered_since_ms.store(0, Ordering::Relaxed);
+        }
+        result
     }
 
     async fn shared_secret(&self) -> Result<String, StoreError> {

@@ -4,9 +4,11 @@
 //!
 //! # Layout
 //! - `lib.rs`: the skip policy, workspace paths and the Python interpreter.
+//! - [`docker`]: the Docker engine, the images container tests run, compose projects.
 //! - [`process`]: server processes started for end-to-end tests.
 //! - [`redis`]: real `redis-server` processes and Redis Clusters on free ports.
 
+pub mod docker;
 pub mod process;
 pub mod redis;
 

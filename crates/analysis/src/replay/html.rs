@@ -325,14 +325,20 @@ fn usd(v: f64) -> String {
 }
 
 /// Grouped bars: per spec, the cached share of forwarded prompt tokens under `off`,
-/// `conversation` and `family`.
+/// `conversation`, `family`, `auto`, and `auto` with the proxy's breakpoints.
 fn provider_chart(rows: &[SimResult]) -> String {
-    let group_h = 3.0 * 14.0 + 12.0;
+    let group_h = 5.0 * 14.0 + 12.0;
     let height = TOP + rows.len() as f64 * group_h + 40.0;
     let label_w = 200.0;
     let w = WIDTH - label_w - 120.0;
     let mut o = svg_open(height);
-    let names = ["off", "conversation", "family"];
+    let names = [
+        "off",
+        "conversation",
+        "family",
+        "auto",
+        "auto + breakpoints",
+    ];
     for (i, r) in rows.iter().enumerate() {
         let Some(p) = &r.provider else { continue };
         let y0 = TOP + i as f64 * group_h;
@@ -347,6 +353,8 @@ fn provider_chart(rows: &[SimResult]) -> String {
             p.off.cached_share,
             p.conversation.cached_share,
             p.family.cached_share,
+            p.auto.cached_share,
+            p.breakpoints_auto.auto.cached_share,
         ]
         .into_iter()
         .enumerate()
@@ -386,7 +394,7 @@ fn table(rows: &[SimResult], provider: bool) -> String {
         "<table><tr><th>strategy</th><th>requests</th><th>hits</th><th>hit rate</th><th>tokens saved</th><th>$ spent</th><th>$ saved</th>",
     );
     if provider {
-        o.push_str("<th>cached share off</th><th>conversation</th><th>family</th>");
+        o.push_str("<th>cached share off</th><th>conversation</th><th>family</th><th>auto</th><th>auto + breakpoints</th><th>$ auto + breakpoints</th>");
     }
     o.push_str("</tr>\n");
     for r in rows {
@@ -404,10 +412,13 @@ fn table(rows: &[SimResult], provider: bool) -> String {
         if let Some(p) = &r.provider {
             let _ = write!(
                 o,
-                "<td>{:.1}%</td><td>{:.1}%</td><td>{:.1}%</td>",
+                "<td>{:.1}%</td><td>{:.1}%</td><td>{:.1}%</td><td>{:.1}%</td><td>{:.1}%</td><td>{:.4}</td>",
                 p.off.cached_share * 100.0,
                 p.conversation.cached_share * 100.0,
-                p.family.cached_share * 100.0
+                p.family.cached_share * 100.0,
+                p.auto.cached_share * 100.0,
+                p.breakpoints_auto.auto.cached_share * 100.0,
+                p.breakpoints_auto.auto.usd_spent
             );
         }
         o.push_str("</tr>\n");

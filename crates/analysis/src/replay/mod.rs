@@ -2,9 +2,14 @@
 //! through one simulated response cache per spec ([`spec`]: `none`, `exact`,
 //! `prefix:N`, with TTL and capacity), and the requests each one would forward go
 //! through the simulated provider prompt cache (`core::provider`) once per
-//! `prompt_cache_key` policy (`off`, `conversation`, `family`). Per spec, overall and
-//! per strategy: hit rate, requests and tokens saved, dollars spent and saved under the
-//! pricing table, and the provider's cached-token share under each policy.
+//! `prompt_cache_key` policy (`off`, `conversation`, `family`, `auto`), each without and
+//! with the proxy's automatic breakpoints (`breakpoints = "off" | "auto"`, decided by the
+//! proxy's learner, `core::breakpoint`, on the requests forwarded so far). Models of
+//! the GPT-5.6 generation are served under the breakpoint rules (their token sequences
+//! with breakpoint marks), older ones under the block rules. Per spec, overall and per
+//! strategy: hit rate, requests and tokens saved, dollars spent (cache writes included)
+//! and saved under the pricing table, and the provider's cached and written tokens under
+//! each policy.
 //!
 //! Exact keys are the proxy's (`core::key::compute_keys` over the logged request bytes,
 //! with the logged tenant, strategy and route; the log keeps no query string, so none
@@ -22,13 +27,23 @@ use std::hash::Hasher;
 use std::path::Path;
 use std::sync::Arc;
 
+use prefixcache_core::breakpoint::blocks::Outline;
+use prefixcache_core::breakpoint::learn::BlockTokens;
+use prefixcache_core::breakpoint::{
+    Decision, KeyShape, Learner, Rules, Scope, TokenRates, request_blocks,
+};
 use prefixcache_core::canonical::canonicalize;
-use prefixcache_core::config::{KeyMode, PromptCacheKeyMode};
+use prefixcache_core::config::{BreakpointsMode, KeyMode, PromptCacheKeyMode};
 use prefixcache_core::key::{CacheKey, KeyInput, Namespace, RequestHash, compute_keys};
 use prefixcache_core::prefix::{FamilyMemo, FamilyParams, derived_prompt_cache_key, prefix_text};
 use prefixcache_core::pricing::{ModelPrice, PriceTable};
-use prefixcache_core::provider::cache::{PromptCacheConfig, PromptCacheSim, Retention};
-use prefixcache_core::provider::prompt::{PromptInfo, TextEncoder, request_prompts_with};
+use prefixcache_core::provider::cache::{
+    BreakpointMode, CachePolicy, CacheRules, PromptCacheConfig, PromptCacheSim, Retention,
+};
+use prefixcache_core::provider::prompt::{
+    Breakpoint, CacheTtl, PromptInfo, TextEncoder, explicit_breakpoints_at,
+    request_prompt_seqs_with,
+};
 use prefixcache_core::route::Route;
 use prefixcache_core::tokenizer::Encoding;
 use prefixcache_core::usage::Usage;
@@ -49,15 +64,18 @@ use cache::SimCache;
 use spec::{SimKind, SimSpec};
 
 /// Version of the `--json` schema.
-pub const SCHEMA: &str = "prefixcache.replay/1";
+pub const SCHEMA: &str = "prefixcache.replay/2";
 /// Spacing of requests in a log without timestamps: one a second.
 pub const UNTIMED_INTERVAL_MS: i64 = 1000;
 /// The `prompt_cache_key` policies, in the order of results.
-pub const POLICIES: [PromptCacheKeyMode; 3] = [
+pub const POLICIES: [PromptCacheKeyMode; 4] = [
     PromptCacheKeyMode::Off,
     PromptCacheKeyMode::Conversation,
     PromptCacheKeyMode::Family,
+    PromptCacheKeyMode::Auto,
 ];
+/// The `breakpoints` settings, in the order of results.
+pub const BREAKPOINTS: [BreakpointsMode; 2] = [BreakpointsMode::Off, BreakpointsMode::Auto];
 
 /// How to replay.
 #[derive(Debug, Clone)]
@@ -78,10 +96,32 @@ pub struct ReplayOptions {
 #[derive(Debug)]
 struct ProviderPrompt {
     tokens: u64,
-    /// Prefix blocks; empty when the prompt is too short to be cached.
+    /// Prefix blocks (block rules); empty when the prompt is too short to be cached.
     blocks: Box<[u64]>,
-    /// Routing keys under each of [`POLICIES`].
+    /// Its breakpoints (breakpoint rules): the caller's, the implicit and inherited ones.
+    breakpoints: Box<[Breakpoint]>,
+    /// Routing keys under `off`, `conversation`, `family` (`auto` picks one of the last
+    /// two per request).
     routes: [u64; 3],
+}
+
+/// What the proxy's breakpoint learner reads of a request, and where a breakpoint on
+/// each of its markable blocks would sit in its (first) prompt.
+#[derive(Debug)]
+struct Learnable {
+    scope: Scope,
+    outline: Outline,
+    /// (block index, the breakpoint a marker there makes), by block index.
+    candidates: Box<[(u32, Breakpoint)]>,
+}
+
+impl BlockTokens for &Learnable {
+    fn through(&mut self, i: usize) -> u64 {
+        self.candidates
+            .iter()
+            .find(|(b, _)| *b as usize == i)
+            .map_or(0, |(_, bp)| bp.tokens)
+    }
 }
 
 /// A logged request, reduced to what the simulations read.
@@ -103,8 +143,12 @@ struct Req {
     completion_tokens: u64,
     logged_cached: u64,
     usage_logged: bool,
-    retention: Retention,
+    /// How the provider caches it (rules by model, the request's retention or
+    /// `prompt_cache_options`).
+    policy: CachePolicy,
     prompts: Box<[ProviderPrompt]>,
+    /// Chat and Responses requests: what the breakpoint learner reads.
+    learnable: Option<Box<Learnable>>,
 }
 
 /// What the line workers share.
@@ -243,12 +287,33 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
         || canonical.has_duplicate_keys()
         || flags.server_state.is_some();
 
+    let retention =
+        Retention::from_request(body.get("prompt_cache_retention").and_then(Value::as_str));
+    let policy = match route {
+        Route::ChatCompletions | Route::Responses
+            if CacheRules::for_model(&model) == CacheRules::Breakpoints =>
+        {
+            let options = body.get("prompt_cache_options");
+            let field = |k: &str| options.and_then(|o| o.get(k)).and_then(Value::as_str);
+            CachePolicy::Breakpoints {
+                mode: match field("mode") {
+                    Some("explicit") => BreakpointMode::Explicit,
+                    _ => BreakpointMode::Implicit,
+                },
+                ttl: field("ttl")
+                    .and_then(CacheTtl::parse)
+                    .unwrap_or(CacheTtl::Min30),
+            }
+        }
+        _ => CachePolicy::Blocks(retention),
+    };
     let mut prompts = Vec::new();
     let mut prompt_len = 0u64;
+    let mut learnable = None;
     let needs_tokens = plan.provider.is_some() || rec.usage.is_none();
     if needs_tokens {
-        let seqs = request_prompts_with(route, body, base.encoding, &mut w.texts);
-        prompt_len = seqs.iter().map(|s| s.len() as u64).sum();
+        let seqs = request_prompt_seqs_with(route, body, base.encoding, &mut w.texts);
+        prompt_len = seqs.iter().map(|s| s.tokens.len() as u64).sum();
         if route == Route::Embeddings && rec.usage.is_none() {
             prompt_len = base.encoding.count(&prefix_text(route, body)) as u64;
         }
@@ -256,19 +321,25 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
             // A caller's own key is kept under every policy; otherwise the proxy's
             // derivation (the family at the strategy's own granularity).
             let own = body.get("prompt_cache_key").and_then(Value::as_str);
-            let family = (own.is_none()
-                && matches!(route, Route::ChatCompletions | Route::Responses))
-            .then(|| plan.memo.family(route, body, &base).id);
+            let conversational = matches!(route, Route::ChatCompletions | Route::Responses);
+            let family = conversational.then(|| plan.memo.family(route, body, &base).id);
             let derived = |mode: PromptCacheKeyMode| -> Option<String> {
                 match own {
                     Some(k) => Some(k.to_string()),
                     None => derived_prompt_cache_key(mode, route, body, family.as_ref()),
                 }
             };
-            let keys: Vec<Option<String>> = POLICIES.iter().map(|m| derived(*m)).collect();
+            let keys: Vec<Option<String>> = POLICIES[..3].iter().map(|m| derived(*m)).collect();
+            let breakpoint_rules = matches!(policy, CachePolicy::Breakpoints { .. });
             for s in &seqs {
-                let info = PromptInfo::new(s, pc.step_tokens, pc.route_tokens, None);
-                let blocks: Box<[u64]> = if s.len() >= pc.min_tokens {
+                let info = PromptInfo::with_marks(
+                    &s.tokens,
+                    &s.marks,
+                    pc.step_tokens,
+                    pc.route_tokens,
+                    None,
+                );
+                let blocks: Box<[u64]> = if s.tokens.len() >= pc.min_tokens && !breakpoint_rules {
                     info.blocks.clone().into()
                 } else {
                     Box::new([])
@@ -276,6 +347,11 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
                 prompts.push(ProviderPrompt {
                     tokens: info.tokens,
                     blocks,
+                    breakpoints: if breakpoint_rules {
+                        info.breakpoints.clone().into()
+                    } else {
+                        Box::new([])
+                    },
                     routes: [
                         info.route_for(keys[0].as_deref()),
                         info.route_for(keys[1].as_deref()),
@@ -283,14 +359,49 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
                     ],
                 });
             }
+            if let (Some(family), Some(seq)) = (family, seqs.first()) {
+                let outline = request_blocks(route, body).outline();
+                // Where a marker on each markable block would sit in the prompt.
+                let mut at: Vec<(u32, u64)> = outline
+                    .marks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(b, m)| {
+                        let m = (*m)?;
+                        seq.units
+                            .iter()
+                            .find(|u| u.item == m.item && u.part == m.part)
+                            .map(|u| (b as u32, u.pos))
+                    })
+                    .collect();
+                at.sort_by_key(|(_, pos)| *pos);
+                let positions: Vec<u64> = at.iter().map(|(_, pos)| *pos).collect();
+                let points = explicit_breakpoints_at(&seq.tokens, &positions);
+                let candidates: Box<[(u32, Breakpoint)]> = at
+                    .iter()
+                    .filter_map(|(b, pos)| {
+                        points.iter().find(|p| p.tokens == *pos).map(|p| (*b, *p))
+                    })
+                    .collect();
+                let mut ns16 = [0u8; 16];
+                ns16.copy_from_slice(&ns.as_bytes()[..16]);
+                let mut fam16 = [0u8; 16];
+                fam16.copy_from_slice(&family.as_bytes()[..16]);
+                learnable = Some(Box::new(Learnable {
+                    scope: Scope {
+                        namespace: ns16,
+                        family: fam16,
+                    },
+                    outline,
+                    candidates,
+                }));
+            }
         }
     }
     let usage = rec.usage.unwrap_or(Usage {
         prompt_tokens: prompt_len,
         ..Usage::default()
     });
-    let retention =
-        Retention::from_request(body.get("prompt_cache_retention").and_then(Value::as_str));
     Ok(Some(Req {
         ts_ms: rec.ts_ms,
         lookup: !sampled_skip && rec.status != Some(LoggedStatus::Bypass),
@@ -304,8 +415,9 @@ fn prepare(w: &mut Worker, plan: &Plan<'_>, line: &[u8], n: u64) -> Result<Optio
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
         logged_cached: usage.cached_tokens,
-        retention,
+        policy,
         prompts: prompts.into(),
+        learnable,
     }))
 }
 
@@ -355,8 +467,10 @@ pub struct ReplaySettings {
 pub struct GroupResult {
     pub name: String,
     pub requests: u64,
-    /// The strategy's `prompt_cache_key` policy (the one `usd_spent` is under).
+    /// The strategy's `prompt_cache_key` policy and `breakpoints` setting (the ones
+    /// `usd_spent` is under).
     pub prompt_cache_key: String,
+    pub breakpoints: String,
     pub results: Vec<SimResult>,
 }
 
@@ -390,18 +504,39 @@ pub struct SimResult {
     pub provider: Option<ProviderResults>,
 }
 
+/// The provider simulation's figures per `prompt_cache_key` policy, without the proxy's
+/// breakpoints (the policies' own fields) and with them (`breakpoints_auto`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderResults {
     pub off: PolicyResult,
     pub conversation: PolicyResult,
     pub family: PolicyResult,
+    pub auto: PolicyResult,
+    /// The same policies with `breakpoints = "auto"`.
+    pub breakpoints_auto: PolicySet,
+    /// Forwarded requests on which the proxy's learner placed a breakpoint.
+    pub breakpoints_injected: u64,
+    /// Forwarded requests that carried the caller's own breakpoints.
+    pub caller_breakpoints: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySet {
+    pub off: PolicyResult,
+    pub conversation: PolicyResult,
+    pub family: PolicyResult,
+    pub auto: PolicyResult,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PolicyResult {
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's cache (GPT-5.6 rules; billed at the
+    /// write price).
+    pub cache_write_tokens: u64,
     pub cached_share: f64,
+    /// Dollars of the forwarded requests, cache writes included.
     pub usd_spent: f64,
 }
 
@@ -416,7 +551,10 @@ struct Tally {
     usd_spent: f64,
     usd_saved: f64,
     unpriced: u64,
-    provider: [PolicyResult; 3],
+    /// By [`BREAKPOINTS`], then [`POLICIES`].
+    provider: [[PolicyResult; 4]; 2],
+    injected: u64,
+    caller_breakpoints: u64,
 }
 
 impl Tally {
@@ -429,11 +567,16 @@ impl Tally {
         self.usd_spent += o.usd_spent;
         self.usd_saved += o.usd_saved;
         self.unpriced += o.unpriced;
-        for (a, b) in self.provider.iter_mut().zip(&o.provider) {
-            a.prompt_tokens += b.prompt_tokens;
-            a.cached_tokens += b.cached_tokens;
-            a.usd_spent += b.usd_spent;
+        for (ra, rb) in self.provider.iter_mut().zip(&o.provider) {
+            for (a, b) in ra.iter_mut().zip(rb) {
+                a.prompt_tokens += b.prompt_tokens;
+                a.cached_tokens += b.cached_tokens;
+                a.cache_write_tokens += b.cache_write_tokens;
+                a.usd_spent += b.usd_spent;
+            }
         }
+        self.injected += o.injected;
+        self.caller_breakpoints += o.caller_breakpoints;
     }
 
     fn result(&self, spec: &SimSpec, evictions: u64, provider: bool) -> SimResult {
@@ -456,10 +599,22 @@ impl Tally {
             usd_saved: self.usd_saved,
             unpriced: self.unpriced,
             evictions,
-            provider: provider.then(|| ProviderResults {
-                off: policy(self.provider[0]),
-                conversation: policy(self.provider[1]),
-                family: policy(self.provider[2]),
+            provider: provider.then(|| {
+                let [off, auto] = self.provider;
+                ProviderResults {
+                    off: policy(off[0]),
+                    conversation: policy(off[1]),
+                    family: policy(off[2]),
+                    auto: policy(off[3]),
+                    breakpoints_auto: PolicySet {
+                        off: policy(auto[0]),
+                        conversation: policy(auto[1]),
+                        family: policy(auto[2]),
+                        auto: policy(auto[3]),
+                    },
+                    breakpoints_injected: self.injected,
+                    caller_breakpoints: self.caller_breakpoints,
+                }
             }),
         }
     }
@@ -470,6 +625,8 @@ struct GroupSim {
     ttl_ms: i64,
     /// Index into [`POLICIES`] of the strategy's `prompt_cache_key`.
     policy: usize,
+    /// Index into [`BREAKPOINTS`] of the strategy's `breakpoints`.
+    breakpoints: usize,
 }
 
 /// Everything the simulations read, in replay order.
@@ -566,6 +723,10 @@ fn order(reqs: Vec<Req>, grains: Vec<usize>, opts: &ReplayOptions) -> Prepared {
                 policy: POLICIES
                     .iter()
                     .position(|p| *p == s.prompt_cache_key)
+                    .unwrap_or(3),
+                breakpoints: BREAKPOINTS
+                    .iter()
+                    .position(|b| *b == s.breakpoints)
                     .unwrap_or(1),
             }
         })
@@ -624,13 +785,19 @@ fn simulate(spec: &SimSpec, p: &Prepared, opts: &ReplayOptions) -> SpecRun {
     let slot = spec
         .granularity()
         .and_then(|g| p.grains.iter().position(|x| *x == g));
-    let mut sims: Option<[PromptCacheSim; 3]> = opts.provider.as_ref().map(|c| {
-        [
-            PromptCacheSim::new(c.clone(), opts.seed),
-            PromptCacheSim::new(c.clone(), opts.seed),
-            PromptCacheSim::new(c.clone(), opts.seed),
-        ]
+    let mut sims: Option<[[PromptCacheSim; 4]; 2]> = opts.provider.as_ref().map(|c| {
+        std::array::from_fn(|_| std::array::from_fn(|_| PromptCacheSim::new(c.clone(), opts.seed)))
     });
+    let mut learner = Learner::default();
+    let rules: Vec<Rules> = p
+        .prices
+        .iter()
+        .map(|pr| {
+            Rules::openai(pr.as_ref().map_or(TokenRates::OPENAI_BREAKPOINTS, |pr| {
+                TokenRates::from_rates(&pr.base)
+            }))
+        })
+        .collect();
     let ttl_override = spec.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64);
     let mut tallies = vec![Tally::default(); p.groups.len()];
     for &i in &p.order {
@@ -661,47 +828,105 @@ fn simulate(spec: &SimSpec, p: &Prepared, opts: &ReplayOptions) -> SpecRun {
         if price.is_none() {
             t.unpriced += 1;
         }
-        let cost_with = |cached: u64| -> f64 {
+        let cost_with = |cached: u64, written: u64, written_long: u64| -> f64 {
             price.map_or(0.0, |pr| {
+                let cached = cached.min(r.prompt_tokens);
+                let written = written.min(r.prompt_tokens - cached);
                 pr.cost(&Usage {
                     prompt_tokens: r.prompt_tokens,
                     completion_tokens: r.completion_tokens,
-                    cached_tokens: cached.min(r.prompt_tokens),
-                    cache_write_tokens: 0,
-                    cache_write_long_tokens: 0,
+                    cached_tokens: cached,
+                    cache_write_tokens: written,
+                    cache_write_long_tokens: written_long.min(written),
                 })
                 .usd
             })
         };
         let cost = match &mut sims {
             Some(sims) => {
-                let mut costs = [0.0f64; 3];
-                for (pi, sim) in sims.iter_mut().enumerate() {
-                    let cached: u64 = r
-                        .prompts
-                        .iter()
-                        .map(|pp| {
-                            sim.serve_parts(
-                                pp.tokens,
-                                &pp.blocks,
-                                pp.routes[pi],
-                                r.retention,
-                                now.max(0) as u64,
-                            )
-                            .cached_tokens
+                // The proxy's learner sees the forwarded request: its key shape and,
+                // under `breakpoints = "auto"`, the breakpoint it would place.
+                let plan = r.learnable.as_deref().map(|l| {
+                    let rules = &rules[p.model_of[i] as usize];
+                    let mut count = l;
+                    learner.plan_outline(l.scope, &l.outline, now.max(0) as u64, rules, &mut count)
+                });
+                let shape = plan.map_or(KeyShape::Family, |pl| pl.shape);
+                let injected = match (r.policy, plan) {
+                    (CachePolicy::Breakpoints { .. }, Some(pl))
+                        if pl.decision == Decision::Inject =>
+                    {
+                        let block = pl.boundary.map(|b| b.block as u32);
+                        r.learnable.as_deref().and_then(|l| {
+                            l.candidates
+                                .iter()
+                                .find(|(b, _)| Some(*b) == block)
+                                .map(|(_, bp)| *bp)
                         })
-                        .sum::<u64>()
-                        .min(r.prompt_tokens);
-                    let c = cost_with(cached);
-                    let pr = &mut t.provider[pi];
-                    pr.prompt_tokens += r.prompt_tokens;
-                    pr.cached_tokens += cached;
-                    pr.usd_spent += c;
-                    costs[pi] = c;
+                    }
+                    _ => None,
+                };
+                if injected.is_some() {
+                    t.injected += 1;
                 }
-                costs[p.group_sims[g].policy]
+                if plan.is_some_and(|pl| pl.decision == Decision::Caller) {
+                    t.caller_breakpoints += 1;
+                }
+                let mut costs = [[0.0f64; 4]; 2];
+                for (bi, row) in sims.iter_mut().enumerate() {
+                    for (pi, sim) in row.iter_mut().enumerate() {
+                        let (mut cached, mut written, mut long) = (0u64, 0u64, 0u64);
+                        for (k, pp) in r.prompts.iter().enumerate() {
+                            let route = match (pi, shape) {
+                                (3, KeyShape::Conversation) => pp.routes[1],
+                                (3, KeyShape::Family) => pp.routes[2],
+                                (pi, _) => pp.routes[pi],
+                            };
+                            let at = now.max(0) as u64;
+                            let o = match r.policy {
+                                CachePolicy::Blocks(retention) => {
+                                    sim.serve_parts(pp.tokens, &pp.blocks, route, retention, at)
+                                }
+                                CachePolicy::Breakpoints { mode, ttl } => {
+                                    match injected.filter(|_| bi == 1 && k == 0) {
+                                        Some(bp) => {
+                                            let mut list = pp.breakpoints.to_vec();
+                                            let at_pos =
+                                                list.partition_point(|b| b.tokens <= bp.tokens);
+                                            list.insert(at_pos, bp);
+                                            sim.serve_breakpoint_list(
+                                                pp.tokens, &list, route, mode, ttl, at,
+                                            )
+                                        }
+                                        None => sim.serve_breakpoint_list(
+                                            pp.tokens,
+                                            &pp.breakpoints,
+                                            route,
+                                            mode,
+                                            ttl,
+                                            at,
+                                        ),
+                                    }
+                                }
+                            };
+                            cached += o.cached_tokens;
+                            written += o.cache_write_tokens;
+                            long += o.cache_write_12h_tokens;
+                        }
+                        let cached = cached.min(r.prompt_tokens);
+                        let c = cost_with(cached, written, long);
+                        let pr = &mut t.provider[bi][pi];
+                        pr.prompt_tokens += r.prompt_tokens;
+                        pr.cached_tokens += cached;
+                        pr.cache_write_tokens += written.min(r.prompt_tokens - cached);
+                        pr.usd_spent += c;
+                        costs[bi][pi] = c;
+                    }
+                }
+                let gs = &p.group_sims[g];
+                costs[gs.breakpoints][gs.policy]
             }
-            None => cost_with(r.logged_cached),
+            None => cost_with(r.logged_cached, 0, 0),
         };
         t.usd_spent += cost;
         if let Some(k) = key
@@ -743,6 +968,9 @@ fn report(
             name: name.clone(),
             requests: results.first().map_or(0, |r| r.requests),
             prompt_cache_key: POLICIES[p.group_sims[g].policy].as_str().to_string(),
+            breakpoints: BREAKPOINTS[p.group_sims[g].breakpoints]
+                .as_str()
+                .to_string(),
             results,
         })
         .collect();
@@ -826,15 +1054,64 @@ impl ReplayReport {
         }
         let _ = writeln!(o, "\noverall");
         table(&mut o, &self.overall, self.settings.provider_simulation);
+        provider_table(&mut o, &self.overall);
         for g in &self.groups {
             let _ = writeln!(
                 o,
-                "\nstrategy {} ({} requests, prompt_cache_key = {})",
-                g.name, g.requests, g.prompt_cache_key
+                "\nstrategy {} ({} requests, prompt_cache_key = {}, breakpoints = {})",
+                g.name, g.requests, g.prompt_cache_key, g.breakpoints
             );
             table(&mut o, &g.results, self.settings.provider_simulation);
+            provider_table(&mut o, &g.results);
         }
         o
+    }
+}
+
+/// The provider's figures of the first spec by `prompt_cache_key` policy and
+/// `breakpoints` setting: cached share, tokens written, dollars with writes.
+fn provider_table(o: &mut String, rows: &[SimResult]) {
+    use std::fmt::Write as _;
+    let Some((r, p)) = rows
+        .first()
+        .and_then(|r| r.provider.as_ref().map(|p| (r, p)))
+    else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "  provider prompt cache under {} (forwarded requests; {} with the proxy's breakpoint, {} with the caller's own):",
+        r.strategy, p.breakpoints_injected, p.caller_breakpoints
+    );
+    let _ = writeln!(
+        o,
+        "    {:<17} {:<12} {:>13} {:>15} {:>15} {:>12}",
+        "prompt_cache_key",
+        "breakpoints",
+        "cached share",
+        "cached tokens",
+        "written tokens",
+        "$ spent"
+    );
+    let b = &p.breakpoints_auto;
+    for (name, off, auto) in [
+        ("off", &p.off, &b.off),
+        ("conversation", &p.conversation, &b.conversation),
+        ("family", &p.family, &b.family),
+        ("auto", &p.auto, &b.auto),
+    ] {
+        for (bp, x) in [("off", off), ("auto", auto)] {
+            let _ = writeln!(
+                o,
+                "    {:<17} {:<12} {:>12.1}% {:>15} {:>15} {:>12.4}",
+                name,
+                bp,
+                x.cached_share * 100.0,
+                x.cached_tokens,
+                x.cache_write_tokens,
+                x.usd_spent
+            );
+        }
     }
 }
 
@@ -852,7 +1129,10 @@ fn table(o: &mut String, rows: &[SimResult], provider: bool) {
         "strategy", "requests", "hits", "hit rate", "tokens saved", "$ spent", "$ saved"
     );
     if provider {
-        let _ = write!(o, "  provider cached share: off / conversation / family");
+        let _ = write!(
+            o,
+            "  provider cached share: off / conversation / family / auto"
+        );
     }
     o.push('\n');
     for r in rows {
@@ -870,10 +1150,11 @@ fn table(o: &mut String, rows: &[SimResult], provider: bool) {
         if let Some(p) = &r.provider {
             let _ = write!(
                 o,
-                "  {:>5.1}% / {:>5.1}% / {:>5.1}%",
+                "  {:>5.1}% / {:>5.1}% / {:>5.1}% / {:>5.1}%",
                 p.off.cached_share * 100.0,
                 p.conversation.cached_share * 100.0,
-                p.family.cached_share * 100.0
+                p.family.cached_share * 100.0,
+                p.auto.cached_share * 100.0
             );
         }
         o.push('\n');

@@ -1,5 +1,6 @@
-//! `prefixcache mock-upstream`: runs the mock upstream of OpenAI's and Anthropic's APIs (DESIGN.md §10) until
-//! SIGINT/SIGTERM, printing its address first so scripts can use `--listen 127.0.0.1:0`.
+//! `prefixcache mock-upstream`: runs the mock upstream of OpenAI's and Anthropic's APIs
+//! (`docs/mock-upstream.md`) until SIGINT/SIGTERM, printing its address first so scripts
+//! can use `--listen 127.0.0.1:0`.
 
 use std::io::Write as _;
 use std::process::ExitCode;

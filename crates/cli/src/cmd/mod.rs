@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod diff;
+pub mod healthcheck;
 pub mod lint;
 pub mod mock;
 pub mod replay;

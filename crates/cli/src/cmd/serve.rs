@@ -36,7 +36,7 @@ pub struct Args {
     /// Log format of the server's own logs [default: text].
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
-    /// Append one JSON line per request to FILE (DESIGN.md §8).
+    /// Append one JSON line per request to FILE (docs/request-log.md).
     #[arg(long, value_name = "FILE")]
     log_requests: Option<PathBuf>,
 }
@@ -66,8 +66,13 @@ impl Args {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let file = match &args.config {
+/// The configuration as `serve` sees it: `path` (or `./prefixcache.toml` if it exists),
+/// then the `PREFIXCACHE_*` environment, then `flags`.
+pub fn load_config(
+    path: Option<&std::path::Path>,
+    flags: Vec<(String, String)>,
+) -> anyhow::Result<Config> {
+    let file = match path {
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .with_context(|| format!("reading config file {}", path.display()))?,
@@ -78,12 +83,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e).context(format!("reading {DEFAULT_CONFIG_FILE}")),
         },
     };
-    let config = Config::load(Layers {
+    Config::load(Layers {
         file,
         env: std::env::vars().collect(),
-        flags: args.flags(),
+        flags,
     })
-    .context("loading the configuration")?;
+    .context("loading the configuration")
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config.as_deref(), args.flags())?;
     // Held until exit: dropping it flushes the log lines still queued.
     let _log_guard = init_logging(config.log.format);
     for name in &config.ignored_env {

@@ -227,6 +227,36 @@ class OtherRoutes(unittest.TestCase):
         self.assertEqual(len(done), 1)
         self.assertEqual(done[0].response.output_text, raws[0].parse().output_text)
 
+    def test_callers_own_breakpoint_is_forwarded_unchanged(self):
+        # GPT-5.6: the SDK's extra_body carries a caller's prompt_cache_breakpoint. The
+        # proxy leaves it where it is (reason=caller) and the provider caches there: a
+        # second request with another question reads the marked system prompt.
+        system = unique("Rules of the house. " + "Cite sources and keep answers short. " * 200)
+        c = client()
+        def ask(question):
+            raw = c.chat.completions.with_raw_response.create(
+                model="gpt-5.6-terra",
+                temperature=0,
+                messages=[
+                    {"role": "system", "content": "placeholder"},
+                    {"role": "user", "content": question},
+                ],
+                extra_body={
+                    "messages": [
+                        {"role": "system", "content": [{"type": "text", "text": system,
+                            "prompt_cache_breakpoint": {"mode": "explicit"}}]},
+                        {"role": "user", "content": question},
+                    ]
+                },
+            )
+            return raw.headers.get("x-prefixcache-breakpoint"), raw.parse()
+        header, first = ask(unique("first question"))
+        self.assertTrue(header.startswith("none; reason=caller"), header)
+        self.assertGreater(first.usage.prompt_tokens_details.cache_write_tokens, 1000)
+        header, second = ask(unique("second question"))
+        self.assertTrue(header.startswith("none; reason=caller"), header)
+        self.assertGreater(second.usage.prompt_tokens_details.cached_tokens, 1000)
+
     def test_legacy_completions(self):
         c = client()
         prompt = unique("Once upon a time")

@@ -39,6 +39,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// No delay by default: a process run by hand stops at once; orchestrated deployments
+/// set it (the container manifests in `deploy/` use 5 s).
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
 pub const DEFAULT_DATA_DIR: &str = ".prefixcache";
 pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_DISK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
@@ -63,13 +66,19 @@ const ENV_SECTIONS: [&str; 6] = ["store", "cache", "log", "admin", "pricing", "l
 /// Every scalar key an environment variable may set. Other `PREFIXCACHE_*` variables
 /// belong to other tools (`PREFIXCACHE_PYTHON` of the test suite, `PREFIXCACHE_REPLAY_*`
 /// of `replay --live`): they are reported in [`Config::ignored_env`], not rejected.
-pub const ENV_KEYS: [&str; 37] = [
+pub const ENV_KEYS: [&str; 43] = [
     "listen",
     "upstream",
     "upstream_api_key",
     "upstream_timeout",
     "connect_timeout",
+    "upstream_proxy",
+    "upstream_ca_file",
+    "upstream_native_roots",
+    "upstream_client_cert",
+    "upstream_client_key",
     "drain_timeout",
+    "shutdown_delay",
     "max_body_bytes",
     "store.kind",
     "store.data_dir",
@@ -233,7 +242,13 @@ struct RawConfig {
     upstream_api_key: Option<String>,
     upstream_timeout: Option<Scalar>,
     connect_timeout: Option<Scalar>,
+    upstream_proxy: Option<String>,
+    upstream_ca_file: Option<String>,
+    upstream_native_roots: Option<bool>,
+    upstream_client_cert: Option<String>,
+    upstream_client_key: Option<String>,
     drain_timeout: Option<Scalar>,
+    shutdown_delay: Option<Scalar>,
     max_body_bytes: Option<Scalar>,
     store: RawStore,
     cache: RawCache,
@@ -303,6 +318,7 @@ struct RawStrategy {
     key_mode: Option<String>,
     cache_sampled: Option<bool>,
     prompt_cache_key: Option<String>,
+    breakpoints: Option<String>,
     normalize_whitespace: Option<bool>,
     annotate_body: Option<bool>,
     template: Option<String>,
@@ -354,7 +370,7 @@ pub enum TenantMode {
     Shared,
 }
 
-/// How a strategy turns a request into a cache slot (DESIGN.md §4).
+/// How a strategy turns a request into a cache slot (`docs/design.md`, "Cache keys").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyMode {
     /// One entry per canonical request (the default).
@@ -372,9 +388,14 @@ impl KeyMode {
     }
 }
 
-/// What `prompt_cache_key` the proxy adds to forwarded requests that carry none (§7).
+/// What `prompt_cache_key` the proxy adds to forwarded requests that carry none
+/// (`docs/design.md`, "The provider's routing key").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptCacheKeyMode {
+    /// Per family, from its observed shape (the default): `Conversation` for busy
+    /// families of growing conversations, `Family` otherwise
+    /// (`breakpoint::learn::KeyShape`).
+    Auto,
     /// Derived from tools + system/developer messages + the first user message.
     Conversation,
     /// Derived from the prefix family.
@@ -386,20 +407,49 @@ pub enum PromptCacheKeyMode {
 impl PromptCacheKeyMode {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(PromptCacheKeyMode::Auto),
             "conversation" => Ok(PromptCacheKeyMode::Conversation),
             "family" => Ok(PromptCacheKeyMode::Family),
             "off" => Ok(PromptCacheKeyMode::Off),
             other => Err(format!(
-                "expected conversation, family or off, got {other:?}"
+                "expected auto, conversation, family or off, got {other:?}"
             )),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            PromptCacheKeyMode::Auto => "auto",
             PromptCacheKeyMode::Conversation => "conversation",
             PromptCacheKeyMode::Family => "family",
             PromptCacheKeyMode::Off => "off",
+        }
+    }
+}
+
+/// Whether the proxy places prompt-cache breakpoints on requests that carry none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakpointsMode {
+    /// Where the family's learned boundary pays for its writes, on models that accept
+    /// explicit breakpoints (the default; other models are never touched).
+    Auto,
+    /// Never.
+    Off,
+}
+
+impl BreakpointsMode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BreakpointsMode::Auto),
+            "off" => Ok(BreakpointsMode::Off),
+            other => Err(format!("expected auto or off, got {other:?}")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakpointsMode::Auto => "auto",
+            BreakpointsMode::Off => "off",
         }
     }
 }
@@ -411,7 +461,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// A strategy: a named caching policy for one kind of traffic (DESIGN.md §5).
+/// A strategy: a named caching policy for one kind of traffic (`docs/configuration.md`).
 #[derive(Debug, Clone)]
 pub struct Strategy {
     pub name: String,
@@ -427,6 +477,7 @@ pub struct Strategy {
     /// Cache requests that sample (temperature absent or > 0). Default true.
     pub cache_sampled: bool,
     pub prompt_cache_key: PromptCacheKeyMode,
+    pub breakpoints: BreakpointsMode,
     pub normalize_whitespace: bool,
     pub annotate_body: bool,
     pub template: Option<String>,
@@ -445,7 +496,8 @@ impl Strategy {
             max_ttl: DEFAULT_MAX_TTL.max(ttl),
             key_mode: KeyMode::Exact,
             cache_sampled: true,
-            prompt_cache_key: PromptCacheKeyMode::Conversation,
+            prompt_cache_key: PromptCacheKeyMode::Auto,
+            breakpoints: BreakpointsMode::Auto,
             normalize_whitespace: false,
             annotate_body: false,
             template: None,
@@ -483,8 +535,13 @@ pub struct Config {
     pub upstream_api_key: Option<String>,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How the upstream is reached: HTTP(S) proxy, trusted CAs, client certificate.
+    pub egress: Egress,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the proxy keeps serving with `/readyz` failing before it
+    /// stops accepting: the time a load balancer needs to stop sending it traffic.
+    pub shutdown_delay: Duration,
     pub max_body_bytes: u64,
     pub store: StoreConfig,
     pub cache: CacheConfig,
@@ -547,6 +604,85 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Which HTTP(S) proxy, if any, upstream calls go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamProxy {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` (or their lower-case forms) and
+    /// `NO_PROXY` from the environment, as curl reads them (the default).
+    FromEnv,
+    /// Direct connections, whatever the environment says (`upstream_proxy = "none"`).
+    Off,
+    /// This proxy for every upstream call but the hosts `NO_PROXY` names.
+    Url(String),
+}
+
+/// How the proxy reaches its upstream: the proxy in between, whose certificates it
+/// trusts, and the certificate it presents. The files are read when the upstream client
+/// is built (at start-up), not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    pub proxy: UpstreamProxy,
+    /// Extra trusted CA certificates (PEM bundle), beside the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Also trust the operating system's certificate store.
+    pub native_roots: bool,
+    /// Client certificate chain (PEM) for an mTLS upstream, with its key.
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl Egress {
+    fn validate(raw: &RawConfig) -> Result<Egress, ConfigError> {
+        let proxy = match raw.upstream_proxy.as_deref().map(str::trim) {
+            None | Some("") => UpstreamProxy::FromEnv,
+            Some("none") => UpstreamProxy::Off,
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::key(
+                        "upstream_proxy",
+                        format!(
+                            "expected an http:// or https:// proxy URL, or \"none\", got {:?}",
+                            redact_url(url)
+                        ),
+                    ));
+                }
+                UpstreamProxy::Url(url.to_string())
+            }
+        };
+        let path = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        };
+        let client_cert = path(&raw.upstream_client_cert);
+        let client_key = path(&raw.upstream_client_key);
+        match (&client_cert, &client_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::key(
+                    "upstream_client_key",
+                    "is required with upstream_client_cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::key(
+                    "upstream_client_cert",
+                    "is required with upstream_client_key",
+                ));
+            }
+            _ => {}
+        }
+        Ok(Egress {
+            proxy,
+            ca_file: path(&raw.upstream_ca_file),
+            native_roots: raw.upstream_native_roots.unwrap_or(false),
+            client_cert,
+            client_key,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub kind: StoreKind,
@@ -575,7 +711,7 @@ pub struct CacheConfig {
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Request log (JSON lines, DESIGN.md §8), if enabled.
+    /// Request log (JSON lines, `docs/request-log.md`), if enabled.
     pub path: Option<PathBuf>,
     pub max_bytes: u64,
     pub keep: usize,
@@ -773,6 +909,13 @@ impl RawConfig {
             Scalar::duration,
             DEFAULT_DRAIN_TIMEOUT,
         )?;
+        let shutdown_delay = opt(
+            &self.shutdown_delay,
+            "shutdown_delay",
+            Scalar::duration,
+            DEFAULT_SHUTDOWN_DELAY,
+        )?;
+        let egress = Egress::validate(&self)?;
         let max_body_bytes = opt(
             &self.max_body_bytes,
             "max_body_bytes",
@@ -981,7 +1124,9 @@ impl RawConfig {
             upstream_api_key: self.upstream_api_key.filter(|k| !k.is_empty()),
             upstream_timeout,
             connect_timeout,
+            egress,
             drain_timeout,
+            shutdown_delay,
             max_body_bytes,
             store,
             cache,
@@ -1059,9 +1204,11 @@ impl RawStrategy {
             },
             cache_sampled: self.cache_sampled.unwrap_or(true),
             prompt_cache_key: PromptCacheKeyMode::parse(
-                self.prompt_cache_key.as_deref().unwrap_or("conversation"),
+                self.prompt_cache_key.as_deref().unwrap_or("auto"),
             )
             .map_err(|m| ConfigError::key(k("prompt_cache_key"), m))?,
+            breakpoints: BreakpointsMode::parse(self.breakpoints.as_deref().unwrap_or("auto"))
+                .map_err(|m| ConfigError::key(k("breakpoints"), m))?,
             normalize_whitespace: self.normalize_whitespace.unwrap_or(false),
             annotate_body: self.annotate_body.unwrap_or(false),
             template: self.template,
@@ -1187,14 +1334,29 @@ mod tests {
             "limits.body_min_rate" => "1KiB",
             "limits.max_connections" | "limits.max_requests_in_flight" => "8",
             "limits.http2_keep_alive_interval" => "5s",
+            "upstream_proxy" => "http://127.0.0.1:3128",
+            "upstream_native_roots" => "true",
+            "shutdown_delay" => "5s",
             k if k.ends_with("bytes") => "1MiB",
             k if k.ends_with("timeout") || k.ends_with("ttl") => "5s",
             _ => "some-value",
         };
+        let var_of =
+            |key: &str| format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase());
         for key in ENV_KEYS {
-            let var = format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase());
+            let var = var_of(key);
+            let mut env = vec![(var.clone(), sample(key).to_string())];
+            // A client certificate and its key only make sense together.
+            let partner = match key {
+                "upstream_client_cert" => Some("upstream_client_key"),
+                "upstream_client_key" => Some("upstream_client_cert"),
+                _ => None,
+            };
+            if let Some(p) = partner {
+                env.push((var_of(p), sample(p).to_string()));
+            }
             let c = Config::load(Layers {
-                env: vec![(var.clone(), sample(key).into())],
+                env,
                 ..Default::default()
             })
             .unwrap_or_else(|e| panic!("{var}: {e}"));
@@ -1409,6 +1571,43 @@ output = 8.0
         let c = load("[admin]\nlisten = \"127.0.0.1:9090\"").unwrap();
         assert!(c.admin.listen.is_some() && c.admin.token.is_none());
         assert!(load("[admin]\nlisten = \"[::1]:9090\"").is_ok());
+    }
+
+    #[test]
+    fn egress_settings_are_validated() {
+        let d = Config::defaults();
+        assert_eq!(d.egress.proxy, UpstreamProxy::FromEnv);
+        assert!(!d.egress.native_roots && d.egress.ca_file.is_none());
+        assert_eq!(d.shutdown_delay, Duration::ZERO);
+        let c = load(
+            "upstream_proxy = \"http://user:pw@proxy.corp:3128\"\nupstream_ca_file = \"/etc/ca.pem\"\n\
+             upstream_native_roots = true\nupstream_client_cert = \"c.pem\"\nupstream_client_key = \"k.pem\"\n\
+             shutdown_delay = \"5s\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.egress.proxy,
+            UpstreamProxy::Url("http://user:pw@proxy.corp:3128".into())
+        );
+        assert_eq!(c.egress.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(c.egress.native_roots);
+        assert_eq!(c.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(
+            load("upstream_proxy = \"none\"").unwrap().egress.proxy,
+            UpstreamProxy::Off
+        );
+        let e = load("upstream_proxy = \"socks5://u:secret@h:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_proxy") && !e.contains("secret"), "{e}");
+        let e = load("upstream_client_cert = \"c.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_client_key"), "{e}");
+        let e = load("upstream_client_key = \"k.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream_client_cert"), "{e}");
     }
 
     #[test]

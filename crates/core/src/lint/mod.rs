@@ -60,16 +60,20 @@ pub enum Rule {
     WhitespaceUnnormalized,
     ShortPrefix,
     UnstableTools,
+    /// A family's prompts agree past the last whole content block they share: the
+    /// stable text ends inside a block, where no breakpoint can sit.
+    BreakpointSplit,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 7] = [
         Rule::DynamicPrefix,
         Rule::TemplatePlaceholder,
         Rule::WhitespaceDrift,
         Rule::WhitespaceUnnormalized,
         Rule::ShortPrefix,
         Rule::UnstableTools,
+        Rule::BreakpointSplit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +84,7 @@ impl Rule {
             Rule::WhitespaceUnnormalized => "whitespace-unnormalized",
             Rule::ShortPrefix => "short-prefix",
             Rule::UnstableTools => "unstable-tools",
+            Rule::BreakpointSplit => "breakpoint-split",
         }
     }
 
@@ -107,6 +112,9 @@ impl Rule {
             }
             Rule::UnstableTools => {
                 "tool definitions or schemas serialized with a different key order across requests"
+            }
+            Rule::BreakpointSplit => {
+                "a prompt's stable text ends inside a content block, where no cache breakpoint can sit"
             }
         }
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::prompt::{BreakpointKind, CacheTtl, PromptInfo};
+use super::prompt::{Breakpoint, BreakpointKind, CacheTtl, PromptInfo};
 use super::rng::SplitMix64;
 
 const MINUTE_MS: u64 = 60_000;
@@ -40,7 +40,7 @@ pub const EXTENDED_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Cached prefixes per simulated machine.
 pub const DEFAULT_CACHE_LRU_ENTRIES: usize = 100_000;
 
-/// Parameters of the simulated provider prompt cache (DESIGN.md §7, §10).
+/// Parameters of the simulated provider prompt cache (`docs/provider-caching.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptCacheConfig {
     /// Off: `cached_tokens` is always 0.
@@ -258,47 +258,95 @@ impl PromptCacheSim {
         request_ttl: CacheTtl,
         now_ms: u64,
     ) -> CacheOutcome {
+        self.serve_breakpoint_list(
+            prompt.tokens,
+            &prompt.breakpoints,
+            route,
+            mode,
+            request_ttl,
+            now_ms,
+        )
+    }
+
+    /// [`PromptCacheSim::serve_breakpoints`] on a prompt's parts: its length and its
+    /// breakpoints in order of position (replay adds the proxy's breakpoint to a
+    /// logged prompt's without rebuilding it).
+    pub fn serve_breakpoint_list(
+        &mut self,
+        tokens: u64,
+        breakpoints: &[Breakpoint],
+        route: u64,
+        mode: BreakpointMode,
+        request_ttl: CacheTtl,
+        now_ms: u64,
+    ) -> CacheOutcome {
         let now = now_ms;
         self.stats.lookups += 1;
-        self.stats.prompt_tokens += prompt.tokens;
+        self.stats.prompt_tokens += tokens;
         if !self.config.enabled {
             return CacheOutcome::default();
         }
         let (machine, overflowed) = self.route(route, now);
         let min = self.config.breakpoint_min_tokens as u64;
         // Breakpoints of this request that can be cached at all, in order of position;
-        // each with the lifetime it asks for.
-        let eligible: Vec<(u64, u64, CacheTtl, bool)> = prompt
-            .breakpoints
-            .iter()
-            .filter(|b| b.tokens >= min)
-            .filter_map(|b| match b.kind {
-                BreakpointKind::Explicit(ttl) => {
-                    Some((b.tokens, b.id, ttl.unwrap_or(request_ttl), true))
-                }
+        // each with the lifetime it asks for and whether it is explicit (`Some`), the
+        // implicit one (`None`) or inherited from an earlier turn (never written).
+        #[derive(Clone, Copy, PartialEq)]
+        enum Role {
+            Explicit,
+            Implicit,
+            Inherited,
+        }
+        let mut eligible: Vec<(u64, u64, CacheTtl, Role)> = Vec::new();
+        for b in breakpoints.iter().filter(|b| b.tokens >= min) {
+            let (ttl, role) = match b.kind {
+                BreakpointKind::Explicit(ttl) => (ttl.unwrap_or(request_ttl), Role::Explicit),
                 BreakpointKind::Implicit if mode == BreakpointMode::Implicit => {
-                    Some((b.tokens, b.id, request_ttl, false))
+                    (request_ttl, Role::Implicit)
                 }
-                BreakpointKind::Implicit => None,
-            })
-            .collect();
+                BreakpointKind::Implicit | BreakpointKind::Inherited => {
+                    (request_ttl, Role::Inherited)
+                }
+            };
+            // One position, one prefix: an explicit marker where an earlier turn's
+            // implicit breakpoint sat is that marker (it may write).
+            match eligible.last_mut() {
+                Some(last) if last.0 == b.tokens => {
+                    if last.3 == Role::Inherited {
+                        *last = (b.tokens, b.id, ttl, role);
+                    } else if role != Role::Inherited {
+                        last.2 = last.2.max(ttl);
+                    }
+                }
+                _ => eligible.push((b.tokens, b.id, ttl, role)),
+            }
+        }
+        // "If there are no explicit breakpoints, the request does not use prompt
+        // caching" in explicit mode: no read either.
+        if mode == BreakpointMode::Explicit
+            && !breakpoints
+                .iter()
+                .any(|b| matches!(b.kind, BreakpointKind::Explicit(_)))
+        {
+            eligible.clear();
+        }
         // Writes: the implicit breakpoint and the latest three explicit ones, or the
         // latest four explicit ones. Earlier breakpoints are read-only.
         let explicit_slots = match mode {
             BreakpointMode::Implicit => self.config.max_writes.saturating_sub(1),
             BreakpointMode::Explicit => self.config.max_writes,
         };
-        let explicit_total = eligible.iter().filter(|b| b.3).count();
+        let explicit_total = eligible.iter().filter(|b| b.3 == Role::Explicit).count();
         let mut explicit_seen = 0usize;
         let writers: Vec<bool> = eligible
             .iter()
-            .map(|b| {
-                if b.3 {
+            .map(|b| match b.3 {
+                Role::Explicit => {
                     explicit_seen += 1;
                     explicit_seen + explicit_slots > explicit_total
-                } else {
-                    true
                 }
+                Role::Implicit => true,
+                Role::Inherited => false,
             })
             .collect();
         let lookup_from = eligible
@@ -799,10 +847,18 @@ mod tests {
     #[test]
     fn implicit_breakpoint_sits_at_the_latest_user_message() {
         let (mut s, _) = sim(one_machine());
-        // Only the last eligible message end is a breakpoint.
+        // The last eligible message end is the implicit breakpoint; the system message's
+        // end is an inherited (read-only) one.
         let a = agent_prompt(100_000, false);
-        assert_eq!(a.breakpoints.len(), 1);
-        assert_eq!(a.breakpoints[0].tokens, 2100);
+        let kinds: Vec<(u64, BreakpointKind)> =
+            a.breakpoints.iter().map(|b| (b.tokens, b.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (2000, BreakpointKind::Inherited),
+                (2100, BreakpointKind::Implicit)
+            ]
+        );
         // First call writes the whole prompt; the same prompt again reads it all.
         assert_eq!(served(&mut s, &a, IMPLICIT_30M), (0, 2100));
         assert_eq!(served(&mut s, &a, IMPLICIT_30M), (2100, 0));
@@ -997,6 +1053,44 @@ mod tests {
             run(1).iter().map(|o| o.machine).collect::<Vec<_>>(),
             run(2).iter().map(|o| o.machine).collect::<Vec<_>>()
         );
+    }
+
+    /// A conversation's next turn reads what the previous turn's implicit breakpoint
+    /// wrote: its end is an eligible message end of the longer prompt.
+    #[test]
+    fn the_next_turn_reads_the_previous_turns_implicit_breakpoint() {
+        let (mut s, _) = sim(one_machine());
+        let turn1 = seq(0, 1500);
+        let p1 = marked(&turn1, &[user_end(1200), user_end(1500)]);
+        assert_eq!(served(&mut s, &p1, IMPLICIT_30M), (0, 1500));
+        // Turn 2: turn 1's prompt, the assistant's answer, a new user message.
+        let mut turn2 = turn1.clone();
+        turn2.extend(seq(700_000, 300));
+        let asst_end = Mark {
+            pos: 1700,
+            kind: MarkKind::MessageEnd { eligible: false },
+        };
+        let p2 = marked(
+            &turn2,
+            &[user_end(1200), user_end(1500), asst_end, user_end(1800)],
+        );
+        assert_eq!(served(&mut s, &p2, IMPLICIT_30M), (1500, 300));
+        // Explicit mode writes no implicit entry, but a request with a marker still reads
+        // an inherited one.
+        let mut turn3 = turn2.clone();
+        turn3.extend(seq(800_000, 200));
+        let p3 = marked(
+            &turn3,
+            &[
+                user_end(1200),
+                user_end(1500),
+                asst_end,
+                user_end(1800),
+                explicit(2000, None),
+                user_end(2000),
+            ],
+        );
+        assert_eq!(served(&mut s, &p3, EXPLICIT_30M), (1800, 200));
     }
 
     #[test]

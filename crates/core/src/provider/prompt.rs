@@ -103,6 +103,18 @@ impl CacheTtl {
 pub struct PromptSeq {
     pub tokens: Vec<u32>,
     pub marks: Vec<Mark>,
+    /// Where each message content block ends: (item index in `messages` / `input`,
+    /// part index or `None` for a string content, tokens before its end). A breakpoint
+    /// placed on that block sits there (`breakpoint::BlockPath`).
+    pub units: Vec<ContentUnit>,
+}
+
+/// The end of one content block of a message (see [`PromptSeq::units`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentUnit {
+    pub item: usize,
+    pub part: Option<usize>,
+    pub pos: u64,
 }
 
 /// Builds a prompt token sequence.
@@ -110,6 +122,9 @@ pub struct PromptBuilder<'a> {
     enc: Encoding,
     tokens: Vec<u32>,
     marks: Vec<Mark>,
+    units: Vec<ContentUnit>,
+    /// The message being built (its index in `messages` / `input`).
+    item: Option<usize>,
     encoder: Option<&'a mut dyn TextEncoder>,
 }
 
@@ -138,6 +153,8 @@ impl<'a> PromptBuilder<'a> {
             enc,
             tokens: Vec::new(),
             marks: Vec::new(),
+            units: Vec::new(),
+            item: None,
             encoder: None,
         }
     }
@@ -148,6 +165,8 @@ impl<'a> PromptBuilder<'a> {
             enc,
             tokens: Vec::new(),
             marks: Vec::new(),
+            units: Vec::new(),
+            item: None,
             encoder: Some(encoder),
         }
     }
@@ -212,6 +231,22 @@ impl<'a> PromptBuilder<'a> {
         self.mark(MarkKind::MessageEnd {
             eligible: role != "assistant",
         });
+    }
+
+    /// Says which message (by index) the next content belongs to.
+    pub fn item(&mut self, item: Option<usize>) {
+        self.item = item;
+    }
+
+    /// Records the end of a content block of the current message.
+    fn unit(&mut self, part: Option<usize>) {
+        if let Some(item) = self.item {
+            self.units.push(ContentUnit {
+                item,
+                part,
+                pos: self.tokens.len() as u64,
+            });
+        }
     }
 
     /// Marks the current position.
@@ -337,6 +372,7 @@ impl<'a> PromptBuilder<'a> {
         PromptSeq {
             tokens: self.tokens,
             marks: self.marks,
+            units: self.units,
         }
     }
 }
@@ -383,7 +419,7 @@ pub fn request_prompt_seqs(
             .into_iter()
             .map(|tokens| PromptSeq {
                 tokens,
-                marks: Vec::new(),
+                ..PromptSeq::default()
             })
             .collect(),
         Route::Embeddings => Vec::new(),
@@ -397,18 +433,37 @@ pub fn request_prompts_with(
     enc: Encoding,
     encoder: &mut dyn TextEncoder,
 ) -> Vec<Vec<u32>> {
+    request_prompt_seqs_with(route, body, enc, encoder)
+        .into_iter()
+        .map(|s| s.tokens)
+        .collect()
+}
+
+/// [`request_prompt_seqs`] with the texts encoded through `encoder`.
+pub fn request_prompt_seqs_with(
+    route: Route,
+    body: &Map<String, Value>,
+    enc: Encoding,
+    encoder: &mut dyn TextEncoder,
+) -> Vec<PromptSeq> {
     match route {
         Route::ChatCompletions => {
             let mut b = PromptBuilder::with_encoder(enc, encoder);
             chat_prompt(&mut b, body);
-            vec![b.finish()]
+            vec![b.finish_seq()]
         }
         Route::Responses => {
             let mut b = PromptBuilder::with_encoder(enc, encoder);
             responses_prompt(&mut b, body);
-            vec![b.finish()]
+            vec![b.finish_seq()]
         }
-        Route::Completions => completion_prompts(body, enc),
+        Route::Completions => completion_prompts(body, enc)
+            .into_iter()
+            .map(|tokens| PromptSeq {
+                tokens,
+                ..PromptSeq::default()
+            })
+            .collect(),
         Route::Embeddings => Vec::new(),
     }
 }
@@ -445,14 +500,18 @@ pub fn chat_prompt(b: &mut PromptBuilder<'_>, body: &Map<String, Value>) {
     {
         b.json_text(js);
     }
-    for m in body
+    for (i, m) in body
         .get("messages")
         .and_then(Value::as_array)
         .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .enumerate()
     {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         b.open(role, m.get("name").and_then(Value::as_str));
+        b.item(Some(i));
         content_tokens(b, m.get("content"));
+        b.item(None);
         if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
             for c in calls {
                 let f = c.get("function");
@@ -511,8 +570,8 @@ pub fn responses_prompt(b: &mut PromptBuilder<'_>, body: &Map<String, Value>) {
             b.close_message("user");
         }
         Some(Value::Array(items)) => {
-            for item in items {
-                input_item(b, item);
+            for (i, item) in items.iter().enumerate() {
+                input_item(b, i, item);
             }
         }
         _ => {}
@@ -521,7 +580,7 @@ pub fn responses_prompt(b: &mut PromptBuilder<'_>, body: &Map<String, Value>) {
 }
 
 /// One Responses input item (or easy message).
-fn input_item(b: &mut PromptBuilder<'_>, item: &Value) {
+fn input_item(b: &mut PromptBuilder<'_>, index: usize, item: &Value) {
     match item
         .get("type")
         .and_then(Value::as_str)
@@ -530,7 +589,9 @@ fn input_item(b: &mut PromptBuilder<'_>, item: &Value) {
         "message" => {
             let role = item.get("role").and_then(Value::as_str).unwrap_or("");
             b.open(role, None);
+            b.item(Some(index));
             content_tokens(b, item.get("content"));
+            b.item(None);
             b.close_message(role);
         }
         "function_call" => {
@@ -562,9 +623,12 @@ fn input_item(b: &mut PromptBuilder<'_>, item: &Value) {
 /// Appends a message content value (a string or parts) to the prompt.
 pub fn content_tokens(b: &mut PromptBuilder<'_>, content: Option<&Value>) {
     match content {
-        Some(Value::String(s)) => b.text(s),
+        Some(Value::String(s)) => {
+            b.text(s);
+            b.unit(None);
+        }
         Some(Value::Array(parts)) => {
-            for p in parts {
+            for (j, p) in parts.iter().enumerate() {
                 match p.get("type").and_then(Value::as_str) {
                     Some("text" | "input_text" | "output_text") => {
                         b.text(p.get("text").and_then(Value::as_str).unwrap_or(""));
@@ -582,6 +646,7 @@ pub fn content_tokens(b: &mut PromptBuilder<'_>, content: Option<&Value>) {
                     }
                     _ => b.json_text(p),
                 }
+                b.unit(Some(j));
                 if let Some(kind) = explicit_mark(p) {
                     b.mark(kind);
                 }
@@ -658,6 +723,10 @@ pub enum BreakpointKind {
     /// The end of the latest non-assistant message: where OpenAI's implicit breakpoint
     /// sits when `prompt_cache_options.mode` is `implicit` (the default).
     Implicit,
+    /// The end of an earlier non-assistant message: where an earlier turn of the
+    /// conversation had its implicit breakpoint. Looked up ("the latest 80 breakpoints in
+    /// the conversation"), never written by this request.
+    Inherited,
 }
 
 /// What the prompt-cache simulation needs of a prompt, computed once per distinct request.
@@ -704,7 +773,8 @@ impl PromptInfo {
     }
 
     /// [`PromptInfo::new`] with the breakpoints at `marks` (in order of position): one
-    /// per explicit mark, and an implicit one at the last eligible message end.
+    /// per explicit mark, an implicit one at the last eligible message end, and an
+    /// inherited (read-only) one at every earlier eligible message end.
     pub fn with_marks(
         tokens: &[u32],
         marks: &[Mark],
@@ -728,7 +798,8 @@ impl PromptInfo {
                     MarkKind::MessageEnd { .. } if Some(*next) == implicit_at => {
                         Some(BreakpointKind::Implicit)
                     }
-                    MarkKind::MessageEnd { .. } => None,
+                    MarkKind::MessageEnd { eligible: true } => Some(BreakpointKind::Inherited),
+                    MarkKind::MessageEnd { eligible: false } => None,
                 };
                 // A mark at 0 tokens ends an empty prefix: nothing to cache.
                 if let Some(kind) = kind.filter(|_| m.pos == pos && pos > 0) {
@@ -766,6 +837,33 @@ impl PromptInfo {
     pub fn route_for(&self, cache_key: Option<&str>) -> u64 {
         route_key(self.route_prefix, cache_key)
     }
+}
+
+/// The explicit breakpoints (no TTL of their own) a marker at each of `positions` (in
+/// ascending order) would make: what placing one on a content block adds to
+/// [`PromptInfo::breakpoints`], the same identities [`PromptInfo::with_marks`] gives.
+pub fn explicit_breakpoints_at(tokens: &[u32], positions: &[u64]) -> Vec<Breakpoint> {
+    let mut out = Vec::with_capacity(positions.len());
+    let mut h = 0x243F_6A88_85A3_08D3u64;
+    let mut next = positions.iter().peekable();
+    for (i, t) in tokens.iter().enumerate() {
+        h = fold(h, u64::from(*t));
+        let pos = i as u64 + 1;
+        while let Some(&&p) = next.peek() {
+            if p > pos {
+                break;
+            }
+            if p == pos {
+                out.push(Breakpoint {
+                    tokens: pos,
+                    id: mix64(h ^ pos.rotate_left(32) ^ 0xB4EA_4B01_47B4_EA4B),
+                    kind: BreakpointKind::Explicit(None),
+                });
+            }
+            next.next();
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1065,7 +1163,8 @@ mod tests {
                 },
             ]
         );
-        // The implicit breakpoint is the user message's end, not the assistant's.
+        // The implicit breakpoint is the user message's end, not the assistant's; the
+        // system message's end is where an earlier turn's implicit one sat.
         let info = PromptInfo::with_marks(&seqs[0].tokens, &seqs[0].marks, 128, 256, None);
         let kinds: Vec<(u64, BreakpointKind)> = info
             .breakpoints
@@ -1077,6 +1176,7 @@ mod tests {
             vec![
                 (p1, BreakpointKind::Explicit(None)),
                 (p2, BreakpointKind::Explicit(Some(CacheTtl::Hour12))),
+                (sys_end, BreakpointKind::Inherited),
                 (user_end, BreakpointKind::Implicit),
             ]
         );

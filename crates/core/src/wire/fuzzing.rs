@@ -245,6 +245,7 @@ pub fn request_splice(data: &[u8]) {
         let inject = Injections {
             include_usage: true,
             prompt_cache_key: Some("fuzz-key"),
+            breakpoint: None,
         };
         let splices = match plan_splices(data, route, &inject) {
             Ok(s) => s,

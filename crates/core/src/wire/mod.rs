@@ -27,7 +27,7 @@ use crate::usage::Usage;
 pub use parse::{ParsedRequest, TreeLimits, parse_request};
 pub use render::{SseRendering, json_to_sse};
 pub use request::{
-    Injections, RequestFlags, ServerState, Splice, apply_splices, plan_splices,
+    Injections, RequestFlags, ServerState, Splice, apply_splices, breakpoint_splice, plan_splices,
     prepare_upstream_body, request_flags,
 };
 

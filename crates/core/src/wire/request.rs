@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::WireError;
+use crate::breakpoint::BlockPath;
 use crate::rawjson::{self, Member};
 use crate::route::Route;
 
@@ -143,6 +144,9 @@ pub struct Injections<'a> {
     /// A `prompt_cache_key` to set when the caller set none (chat completions and
     /// responses only: the other routes do not accept the field).
     pub prompt_cache_key: Option<&'a str>,
+    /// An explicit prompt-cache breakpoint (`prompt_cache_breakpoint: {"mode":
+    /// "explicit"}`) on the content block at this path (chat completions and responses).
+    pub breakpoint: Option<BlockPath>,
 }
 
 /// One change to the caller's bytes: `original[at]` is replaced by `with`. An empty
@@ -173,6 +177,12 @@ fn only<'m>(b: &[u8], members: &'m [Member], name: &str) -> Option<Option<&'m Me
 ///   `"stream_options":{…}` after the top-level `{`, replacing a `null` value, inserted
 ///   after the `{` of an existing `stream_options` object, or replacing the value of an
 ///   existing `include_usage` that is not `true`.
+///
+/// - `prompt_cache_breakpoint` (chat, responses; see [`breakpoint_splice`]): inserted
+///   after the `{` of the content part it marks, or, on a string `content`, the string
+///   replaced by a one-part array holding the same string as written:
+///   `[{"type":"text","text":<the string>,"prompt_cache_breakpoint":{"mode":"explicit"}}]`
+///   (`input_text` in Responses).
 ///
 /// Nothing else changes: no whitespace, key order or number spelling. A member that is
 /// duplicated, or a `stream_options` that is neither an object nor `null`, is left alone
@@ -254,6 +264,14 @@ pub fn plan_splices(
         }
     }
 
+    if let Some(path) = inject
+        .breakpoint
+        .filter(|_| matches!(route, Route::ChatCompletions | Route::Responses))
+        && let Some(s) = breakpoint_at(original, &top, path)?
+    {
+        splices.push(s);
+    }
+
     if !inserted.is_empty() {
         let mut with = inserted.join(&b","[..]);
         if !top.is_empty() {
@@ -264,6 +282,90 @@ pub fn plan_splices(
     }
     splices.sort_by_key(|s| s.at.start);
     Ok(splices)
+}
+
+/// The marker a breakpoint splice writes.
+const BREAKPOINT: &[u8] = br#""prompt_cache_breakpoint":{"mode":"explicit"}"#;
+
+/// The splice that puts an explicit breakpoint on the block at `path` of a body, or
+/// `None` when the body has no such block in a form that can take one without other
+/// changes (a duplicated member, a part that is not an object, a part that already has a
+/// marker, content of another type).
+pub fn breakpoint_splice(original: &[u8], path: BlockPath) -> Result<Option<Splice>, WireError> {
+    let open = rawjson::document(original).map_err(WireError::Syntax)?;
+    if original[open] != b'{' {
+        return Err(WireError::NotAnObject);
+    }
+    let top = rawjson::members(original, open, 0).map_err(WireError::Syntax)?;
+    breakpoint_at(original, &top, path)
+}
+
+/// The value spans of the elements of the array at `b[open] == b'['`.
+fn elements(b: &[u8], open: usize, depth: usize) -> Result<Vec<Range<usize>>, WireError> {
+    let mut out = Vec::new();
+    let mut pos = rawjson::skip_ws(b, open + 1);
+    if b.get(pos) == Some(&b']') {
+        return Ok(out);
+    }
+    loop {
+        let end = rawjson::skip_value(b, pos, depth + 1).map_err(WireError::Syntax)?;
+        out.push(pos..end);
+        pos = rawjson::skip_ws(b, end);
+        match b.get(pos) {
+            Some(b',') => pos = rawjson::skip_ws(b, pos + 1),
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn breakpoint_at(b: &[u8], top: &[Member], path: BlockPath) -> Result<Option<Splice>, WireError> {
+    let Some(Some(list)) = only(b, top, path.list.as_str()) else {
+        return Ok(None);
+    };
+    if b[list.value.start] != b'[' {
+        return Ok(None);
+    }
+    let items = elements(b, list.value.start, 0)?;
+    let Some(item) = items.get(path.item).filter(|r| b[r.start] == b'{') else {
+        return Ok(None);
+    };
+    let fields = rawjson::members(b, item.start, 2).map_err(WireError::Syntax)?;
+    let Some(Some(content)) = only(b, &fields, "content") else {
+        return Ok(None);
+    };
+    match (path.part, b[content.value.start]) {
+        (None, b'"') => {
+            let mut with = Vec::with_capacity(content.value.len() + 80);
+            with.extend_from_slice(br#"[{"type":""#);
+            with.extend_from_slice(path.text_type().as_bytes());
+            with.extend_from_slice(br#"","text":"#);
+            with.extend_from_slice(&b[content.value.clone()]);
+            with.push(b',');
+            with.extend_from_slice(BREAKPOINT);
+            with.extend_from_slice(b"}]");
+            Ok(Some(Splice {
+                at: content.value.clone(),
+                with,
+            }))
+        }
+        (Some(j), b'[') => {
+            let parts = elements(b, content.value.start, 3)?;
+            let Some(part) = parts.get(j).filter(|r| b[r.start] == b'{') else {
+                return Ok(None);
+            };
+            let inner = rawjson::members(b, part.start, 4).map_err(WireError::Syntax)?;
+            if inner.iter().any(|m| m.key_is(b, "prompt_cache_breakpoint")) {
+                return Ok(None);
+            }
+            let mut with = BREAKPOINT.to_vec();
+            if !inner.is_empty() {
+                with.push(b',');
+            }
+            let at = part.start + 1;
+            Ok(Some(Splice { at: at..at, with }))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// `original` with the splices applied (they must be in order and not overlap).
@@ -290,7 +392,7 @@ pub fn prepare_upstream_body(
     route: Route,
     inject: &Injections<'_>,
 ) -> Result<Bytes, WireError> {
-    if inject.prompt_cache_key.is_none() && !inject.include_usage {
+    if inject.prompt_cache_key.is_none() && !inject.include_usage && inject.breakpoint.is_none() {
         return Ok(original.clone());
     }
     let splices = plan_splices(original, route, inject)?;
@@ -316,10 +418,12 @@ mod tests {
     const BOTH: Injections<'static> = Injections {
         include_usage: true,
         prompt_cache_key: Some("pk-1"),
+        breakpoint: None,
     };
     const USAGE: Injections<'static> = Injections {
         include_usage: true,
         prompt_cache_key: None,
+        breakpoint: None,
     };
 
     /// Nested key order, number spellings, escapes and whitespace a re-serialization
@@ -524,6 +628,7 @@ mod tests {
         let odd = Injections {
             include_usage: false,
             prompt_cache_key: Some("a\"b"),
+            breakpoint: None,
         };
         assert_eq!(
             prep_str(Route::ChatCompletions, "{ }", odd),
@@ -545,5 +650,96 @@ mod tests {
             prepare_upstream_body(&Bytes::from_static(b"[1]"), Route::ChatCompletions, &BOTH),
             Err(WireError::NotAnObject)
         ));
+    }
+
+    fn at(list: crate::breakpoint::List, item: usize, part: Option<usize>) -> Injections<'static> {
+        Injections {
+            breakpoint: Some(BlockPath { list, item, part }),
+            ..Injections::default()
+        }
+    }
+
+    /// A breakpoint splice changes only its bytes, and its parsed twin
+    /// (`breakpoint::blocks::place_in_body`) reads the same.
+    #[test]
+    fn breakpoint_splices_are_byte_exact() {
+        use crate::breakpoint::List::{Input, Messages};
+        let body = "{\"model\":\"gpt-5.6\", \"messages\": [ {\"role\":\"system\",\"content\": \"Rules \\u00e9\\n\" } ,\n {\"content\":[ {\"type\":\"text\",\"text\":\"a\"}, {\"type\":\"image_url\",\"image_url\":{\"url\":\"u\"}} ],\"role\":\"user\"}], \"temperature\": 0.30000000000000004}";
+        let s = prep_str(
+            Route::ChatCompletions,
+            Box::leak(body.into()),
+            at(Messages, 0, None),
+        );
+        assert_eq!(
+            s,
+            body.replace(
+                "\"Rules \\u00e9\\n\"",
+                "[{\"type\":\"text\",\"text\":\"Rules \\u00e9\\n\",\"prompt_cache_breakpoint\":{\"mode\":\"explicit\"}}]"
+            )
+        );
+        let s = prep_str(
+            Route::ChatCompletions,
+            Box::leak(body.into()),
+            at(Messages, 1, Some(1)),
+        );
+        assert_eq!(
+            s,
+            body.replace(
+                "{\"type\":\"image_url\"",
+                "{\"prompt_cache_breakpoint\":{\"mode\":\"explicit\"},\"type\":\"image_url\""
+            )
+        );
+        for (bytes, path) in [
+            (
+                s.clone(),
+                BlockPath {
+                    list: Messages,
+                    item: 1,
+                    part: Some(1),
+                },
+            ),
+            (
+                prep_str(
+                    Route::ChatCompletions,
+                    Box::leak(body.into()),
+                    at(Messages, 0, None),
+                ),
+                BlockPath {
+                    list: Messages,
+                    item: 0,
+                    part: None,
+                },
+            ),
+        ] {
+            let mut twin = parse(body.as_bytes());
+            assert!(crate::breakpoint::blocks::place_in_body(&mut twin, path));
+            assert_eq!(parse(bytes.as_bytes()), twin);
+        }
+        // Responses: a string content becomes an input_text part.
+        let resp = r#"{"input":[{"role":"developer","content":"x"}]}"#;
+        assert_eq!(
+            prep_str(Route::Responses, resp, at(Input, 0, None)),
+            r#"{"input":[{"role":"developer","content":[{"type":"input_text","text":"x","prompt_cache_breakpoint":{"mode":"explicit"}}]}]}"#
+        );
+        // Nothing that fits: left alone, byte for byte.
+        for (route, b, inj) in [
+            (Route::ChatCompletions, body, at(Messages, 5, None)),
+            (Route::ChatCompletions, body, at(Messages, 0, Some(0))),
+            (Route::ChatCompletions, body, at(Messages, 1, None)),
+            (Route::ChatCompletions, body, at(Input, 0, None)),
+            (Route::Completions, body, at(Messages, 0, None)),
+            (
+                Route::ChatCompletions,
+                r#"{"messages":[{"content":"a","content":"b"}]}"#,
+                at(Messages, 0, None),
+            ),
+            (
+                Route::ChatCompletions,
+                r#"{"messages":[{"content":[{"type":"text","text":"a","prompt_cache_breakpoint":{"mode":"explicit"}}]}]}"#,
+                at(Messages, 0, Some(0)),
+            ),
+        ] {
+            assert_eq!(prep_str(route, Box::leak(b.into()), inj), b);
+        }
     }
 }
