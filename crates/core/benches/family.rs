@@ -97,6 +97,16 @@ fn pathological(c: &mut Criterion) {
     g.bench_function("leading-1MiB-space-run", |b| {
         b.iter(|| black_box(family(Route::ChatCompletions, black_box(&run), &params)))
     });
+    // A 30 MB system prompt of one word: one pre-tokenizer piece, so no token of it is
+    // settled before its end. Bounded by the largest window since that bound exists.
+    let word = json!({"messages": [
+        {"role": "system", "content": "a".repeat(30_000_000)},
+        {"role": "user", "content": "hi"},
+    ]});
+    let word = word.as_object().cloned().unwrap_or_default();
+    g.bench_function("one-word-30MB-system-prompt", |b| {
+        b.iter(|| black_box(family(Route::ChatCompletions, black_box(&word), &params)))
+    });
     g.finish();
 }
 

@@ -151,13 +151,19 @@ pub fn count_prefix_tokens(
         return 0;
     }
     let mut cap = initial_cap(limit);
+    let max = window_limit(limit);
     let mut acc = FirstTokens::default();
     loop {
         let w = render_window(route, body, scope, normalize_whitespace, cap);
         if encoding.extend_first(&mut acc, &w.text, limit, w.truncated) {
             return acc.tokens.len();
         }
-        cap = grow(cap);
+        if cap >= max {
+            // Bounded like a family: the window counted as if the text ended there.
+            encoding.extend_first(&mut acc, &w.text, limit, false);
+            return acc.tokens.len();
+        }
+        cap = grow(cap).min(max);
     }
 }
 
@@ -242,7 +248,7 @@ impl Family {
         params
             .encoding
             .extend_first(&mut acc, text, params.needed(), false);
-        finish(acc, text, params)
+        finish(acc, text, params, false)
     }
 }
 
@@ -267,6 +273,7 @@ fn compute_from(
     first: Window,
 ) -> (Family, Window) {
     let n = params.needed();
+    let limit = window_limit(n);
     let mut acc = FirstTokens::default();
     let mut w = first;
     loop {
@@ -274,10 +281,20 @@ fn compute_from(
             .encoding
             .extend_first(&mut acc, &w.text, n, w.truncated)
         {
-            let fam = finish(acc, &w.text, params);
+            let fam = finish(acc, &w.text, params, false);
             return (fam, w);
         }
-        let cap = grow(w.cap);
+        if w.cap >= limit {
+            // N tokens are not settled within the largest window: one huge piece (a
+            // word or whitespace run of hundreds of kilobytes). Decide on the window
+            // as if the text ended there, so the cost stays bounded by the window, not
+            // by the piece; such a family is marked apart from exact ones.
+            let mut rest = acc;
+            params.encoding.extend_first(&mut rest, &w.text, n, false);
+            let fam = finish(rest, &w.text, params, true);
+            return (fam, w);
+        }
+        let cap = grow(w.cap).min(limit);
         w = render_window(
             route,
             body,
@@ -288,7 +305,8 @@ fn compute_from(
     }
 }
 
-fn finish(acc: FirstTokens, text: &str, params: &FamilyParams) -> Family {
+/// `bounded`: decided on the largest window rather than on settled tokens.
+fn finish(acc: FirstTokens, text: &str, params: &FamilyParams, bounded: bool) -> Family {
     let enc = params.encoding;
     let whole = acc.tokens.len() < params.min_tokens;
     let mut tokens = acc.tokens;
@@ -301,7 +319,12 @@ fn finish(acc: FirstTokens, text: &str, params: &FamilyParams) -> Family {
         .sum();
     let mut h = blake3::Hasher::new_derive_key("prefixcache family v1");
     h.update(enc.as_str().as_bytes());
-    h.update(&[0, if whole { b'W' } else { b'P' }]);
+    let kind = match (bounded, whole) {
+        (true, _) => b'B',
+        (false, true) => b'W',
+        (false, false) => b'P',
+    };
+    h.update(&[0, kind]);
     for t in &tokens {
         h.update(&t.to_le_bytes());
     }
@@ -324,6 +347,17 @@ fn initial_cap(n: usize) -> usize {
 
 fn grow(cap: usize) -> usize {
     cap.saturating_mul(4)
+}
+
+/// The largest window rendered and tokenized for N tokens: a fixed bound in bytes, so
+/// no input (a 30 MB one-word system prompt) makes a family cost more than tokenizing
+/// this many bytes. Ordinary text settles N tokens in the first window.
+pub const MAX_WINDOW_BYTES: usize = 64 * 1024;
+
+/// The window bound for N tokens: [`MAX_WINDOW_BYTES`], or the first window when a
+/// strategy asks for so many tokens that it is larger.
+pub fn window_limit(n: usize) -> usize {
+    MAX_WINDOW_BYTES.max(initial_cap(n))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1443,5 +1477,49 @@ mod tests {
             )
             .id
         );
+    }
+
+    /// A one-word system prompt larger than any window: the family reads the window,
+    /// never the rest, so its cost is that of the window whatever the prompt's size.
+    #[test]
+    fn a_family_never_reads_past_the_largest_window() {
+        let p = FamilyParams::new(Encoding::O200kBase);
+        let body = |len: usize, tail: &str| {
+            let word = format!("{}{tail}", "a".repeat(len));
+            serde_json::json!({"messages": [
+                {"role": "system", "content": word},
+                {"role": "user", "content": "hi"},
+            ]})
+        };
+        let fam = |v: &Value| family(Route::ChatCompletions, v.as_object().unwrap(), &p);
+        let small = fam(&body(MAX_WINDOW_BYTES * 2, ""));
+        // What lies beyond the window (the word's length, its end) changes nothing.
+        assert_eq!(small, fam(&body(MAX_WINDOW_BYTES * 8, "b")));
+        assert!(small.text.len() <= MAX_WINDOW_BYTES);
+        // A memo gives the same family.
+        let memo = FamilyMemo::default();
+        let v = body(MAX_WINDOW_BYTES * 3, "c");
+        let once = memo.family(Route::ChatCompletions, v.as_object().unwrap(), &p);
+        let twice = memo.family(Route::ChatCompletions, v.as_object().unwrap(), &p);
+        assert_eq!((&once, &twice), (&small, &small));
+        assert_eq!(memo.stats().hits, 1);
+        // Settled text is untouched by the bound: ordinary prompts keep exact families.
+        let prose =
+            serde_json::json!({"messages": [{"role": "user", "content": "word ".repeat(50_000)}]});
+        let exact = Family::of_text(
+            &prefix_text(Route::ChatCompletions, prose.as_object().unwrap()),
+            &p,
+        );
+        assert_eq!(fam(&prose), exact);
+        // Counting is bounded the same way.
+        let n = count_prefix_tokens(
+            Route::ChatCompletions,
+            body(MAX_WINDOW_BYTES * 8, "").as_object().unwrap(),
+            PrefixScope::Static,
+            Encoding::O200kBase,
+            false,
+            1024,
+        );
+        assert!(n > 0 && n <= 1024);
     }
 }

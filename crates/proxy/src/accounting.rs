@@ -7,10 +7,8 @@
 //! the original call's usage), a forwarded request when the upstream response ends, a
 //! coalesced follower when the response it shared ends.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use prefixcache_core::config::PromptCacheKeyMode;
 use prefixcache_core::key::{CacheKey, FamilyId};
 use prefixcache_core::prefix::{PrefixScope, count_prefix_tokens, scope_digest};
@@ -18,9 +16,9 @@ use prefixcache_core::pricing::Cost;
 use prefixcache_core::route::Route;
 use prefixcache_core::tokenizer::{Encoding, encoding_for_model};
 use prefixcache_core::usage::Usage;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::admission::AdmittedBody;
 use crate::dashboard::families::{Answer, StaticPrefix};
 use crate::memo::Memo;
 use crate::metrics::{
@@ -103,11 +101,12 @@ pub struct Ledger {
     pub tenant: String,
     pub key: CacheKey,
     pub family: Option<FamilyId>,
-    /// The request body as sent, kept only while the request log is on.
-    pub raw: Option<Bytes>,
-    /// The parsed request, kept for forwarded requests so provider-cacheability is
-    /// decided off the request path, when the response ends.
-    pub request: Option<Arc<Map<String, Value>>>,
+    /// The request body as sent, kept only while the request log is on (it stays in
+    /// the body budget until the line is written).
+    pub raw: Option<AdmittedBody>,
+    /// The static part of a forwarded prompt, measured before its parsed tree was
+    /// dropped.
+    pub static_part: StaticPart,
     /// Set once the forwarded body is prepared.
     pub prompt_cache_key: PromptCacheKeySource,
     /// The breakpoint of the forwarded body: its policy (`auto`, `caller`, `none`, the
@@ -123,6 +122,20 @@ pub struct Ending<'a> {
     pub model: &'a str,
     pub usage: Option<Usage>,
     pub source: Source,
+}
+
+/// What is known of a forwarded prompt's static part (tools, schema, instructions,
+/// system and developer messages) when its response ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StaticPart {
+    /// Not measured: a hit, a route without one, a body whose tree was over budget.
+    #[default]
+    Unknown,
+    Measured(StaticPrefix),
+    /// The body is shorter than [`PROVIDER_CACHE_MIN_TOKENS`] bytes, so its static part
+    /// is shorter than that many tokens (a token is at least one byte, and the rendered
+    /// part is shorter than the JSON it comes from); not worth measuring.
+    Short,
 }
 
 /// Token counts of static prefixes (up to [`StaticPrefix::LIMIT`]) by digest and
@@ -222,20 +235,16 @@ impl AppState {
                             .inc_by(usd);
                     }
                 }
-                // A prompt under the floor is not cacheable whatever its static part:
-                // that part is then measured only as often as the dashboard needs it.
+                // A prompt under the floor is not cacheable whatever its static part.
                 let long_enough = u.prompt_tokens >= PROVIDER_CACHE_MIN_TOKENS as u64;
-                let measure = long_enough
-                    || ledger
-                        .family
-                        .is_some_and(|f| self.dashboard.families.wants_static_prefix(f));
-                let static_prefix = if measure {
-                    self.static_prefix(ledger, end.model)
-                } else {
-                    None
+                let (static_prefix, cacheable) = match ledger.static_part {
+                    StaticPart::Measured(s) => (
+                        Some(s),
+                        long_enough && s.tokens as usize >= PROVIDER_CACHE_MIN_TOKENS,
+                    ),
+                    StaticPart::Short => (None, false),
+                    StaticPart::Unknown => (None, long_enough),
                 };
-                let cacheable = long_enough
-                    && static_prefix.is_none_or(|s| s.tokens as usize >= PROVIDER_CACHE_MIN_TOKENS);
                 m.provider_cacheable
                     .get_or_create(&CacheableLabels {
                         cacheable: if cacheable { "true" } else { "false" },
@@ -249,26 +258,25 @@ impl AppState {
             }
         }
         if let (Some(log), Some(raw)) = (&self.request_log, &ledger.raw) {
-            let Ok(request) = serde_json::from_slice::<&RawValue>(raw) else {
-                return;
-            };
-            log.write(&Record {
-                ts: rfc3339_ms(self.now_ms()),
-                route: ledger.route.as_str(),
-                strategy: ledger.strategy,
-                tenant: ledger.tenant.clone(),
-                status: end.status,
-                http_status: end.http_status,
-                key: ledger.key.short_hex(),
-                family: ledger.family.map(|f| f.short_hex()).unwrap_or_default(),
-                latency_ms: ledger.started.elapsed().as_secs_f64() * 1000.0,
-                model: end.model,
-                usage: end.usage.map(Into::into),
-                cost_usd: cost.filter(|_| end.source == Source::Upstream),
-                breakpoint: (end.source == Source::Upstream).then_some(ledger.breakpoint),
-                saved_usd: cost.filter(|_| end.source == Source::Cache),
-                request,
-            });
+            log.write(
+                &Record {
+                    ts: rfc3339_ms(self.now_ms()),
+                    route: ledger.route.as_str(),
+                    strategy: ledger.strategy,
+                    tenant: ledger.tenant.clone(),
+                    status: end.status,
+                    http_status: end.http_status,
+                    key: ledger.key.short_hex(),
+                    family: ledger.family.map(|f| f.short_hex()).unwrap_or_default(),
+                    latency_ms: ledger.started.elapsed().as_secs_f64() * 1000.0,
+                    model: end.model,
+                    usage: end.usage.map(Into::into),
+                    cost_usd: cost.filter(|_| end.source == Source::Upstream),
+                    breakpoint: (end.source == Source::Upstream).then_some(ledger.breakpoint),
+                    saved_usd: cost.filter(|_| end.source == Source::Cache),
+                },
+                raw.bytes(),
+            );
         }
     }
 
@@ -291,17 +299,30 @@ impl AppState {
 
     /// The static part of a forwarded request's prompt (tools, schema, instructions,
     /// system and developer messages): its digest and its length in tokens up to
-    /// [`StaticPrefix::LIMIT`]. `None` for routes without one (legacy completions) and
-    /// when the request was not kept. The provider can cache a prompt only if this part
-    /// reaches 1024 tokens, since it is what other requests can share.
-    fn static_prefix(&self, ledger: &Ledger, model: &str) -> Option<StaticPrefix> {
-        let body = ledger.request.as_ref()?;
-        let digest = scope_digest(ledger.route, body, PrefixScope::Static)?;
+    /// [`StaticPrefix::LIMIT`]. The provider can cache a prompt only if this part
+    /// reaches 1024 tokens, since it is what other requests can share. Measured when
+    /// the body could hold that many tokens, or when the dashboard wants the family's
+    /// figure; `body` is the request's parsed tree, `body_len` its size in bytes.
+    pub fn static_part(
+        &self,
+        route: Route,
+        body: &Map<String, Value>,
+        model: &str,
+        body_len: usize,
+        family: Option<FamilyId>,
+    ) -> StaticPart {
+        let wanted = family.is_some_and(|f| self.dashboard.families.wants_static_prefix(f));
+        if body_len < PROVIDER_CACHE_MIN_TOKENS && !wanted {
+            return StaticPart::Short;
+        }
+        let Some(digest) = scope_digest(route, body, PrefixScope::Static) else {
+            return StaticPart::Unknown;
+        };
         let encoding = encoding_for_model(model).encoding;
         let tokens = self.cacheable.get_or_compute((digest, encoding), || {
             // The cost grows with the limit, not with the prompt.
             let n = count_prefix_tokens(
-                ledger.route,
+                route,
                 body,
                 PrefixScope::Static,
                 encoding,
@@ -310,7 +331,7 @@ impl AppState {
             );
             u32::try_from(n).unwrap_or(u32::MAX)
         });
-        Some(StaticPrefix { digest, tokens })
+        StaticPart::Measured(StaticPrefix { digest, tokens })
     }
 }
 

@@ -109,7 +109,7 @@ async fn summary(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if let Err(e) = authorize(&state, &headers, Access::Read) {
         return e.into_response();
     }
-    let (stats, degraded) = crate::refresh_store_gauges(&state);
+    let (stats, degraded) = crate::refresh_gauges(&state);
     let live = Live {
         now: state.dashboard.read_now(&state.metrics, state.now_ms()),
         listen: state.config.listen.to_string(),

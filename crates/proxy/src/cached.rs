@@ -1,6 +1,8 @@
 //! The cached routes (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
-//! `/v1/responses`): parse once, pick the strategy, derive the key, answer from the
-//! store, join an identical request in flight, or forward upstream and store the result.
+//! `/v1/responses`): analyse the body (parse the members the proxy reads, pick the
+//! strategy, derive the family and the key), answer from the store, join an identical
+//! request in flight, or prepare the forwarded bytes (dropping the parsed tree), forward
+//! upstream and store the result.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,16 +15,21 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use prefixcache_core::canonical::canonicalize;
 use prefixcache_core::config::KeyMode;
-use prefixcache_core::key::{CacheKey, FamilyId, KeyInput, RequestHash, compute_keys, hex};
-use prefixcache_core::prefix::{FamilyParams, derived_prompt_cache_key};
+use prefixcache_core::key::{
+    CacheKey, FamilyId, KeyInput, Keys, Namespace, RequestHash, compute_keys, hex,
+};
+use prefixcache_core::prefix::{Family, FamilyParams, derived_prompt_cache_key};
 use prefixcache_core::route::Route;
 use prefixcache_core::sse::{EventKind, SseSplitter, SseTail, StreamAssembler};
 use prefixcache_core::usage::Usage;
 use prefixcache_core::wire::{self, Injections, ServerState};
 use prefixcache_store::{ContentForm, Entry, EntryMeta};
 use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::accounting::{Ending, Ledger, PromptCacheKeySource, Source};
+use crate::accounting::{Ending, Ledger, PromptCacheKeySource, Source, StaticPart};
+use crate::admission::{AdmittedBody, hold};
+use crate::breakpoints::{PlaceInput, Placement};
 use crate::error::ApiError;
 use crate::flight::{Chunk, End, FailKind, Flight, Head, Joined, Next};
 use crate::headers::{self, CacheDirectives, UpstreamCaching, end_to_end};
@@ -71,6 +78,9 @@ pub enum BypassReason {
     /// An object in the body has a key twice: parsers disagree on which one counts, so
     /// the request is forwarded byte for byte and never cached.
     DuplicateKeys,
+    /// The members the proxy reads would not fit the request tree's memory budget
+    /// (many thousands of tiny values): forwarded without a family, never cached.
+    TooComplex,
     /// The answer depends on state the provider holds (a conversation, a background
     /// response, a stored prompt, a provider-run tool): never cached.
     ServerState(ServerState),
@@ -82,6 +92,7 @@ impl BypassReason {
             BypassReason::NoCache => "no_cache",
             BypassReason::Sampled => "sampled",
             BypassReason::DuplicateKeys => "duplicate_keys",
+            BypassReason::TooComplex => "body_too_complex",
             BypassReason::ServerState(s) => s.as_str(),
         }
     }
@@ -112,9 +123,14 @@ struct Ctx {
 /// Handler for every cached route.
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
+    // Held until the response body has been sent; with none free, 503 at once.
+    let slot = match state.admission.request() {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
     let Some(route) = Route::from_path(req.uri().path()) else {
         // The router only sends cached paths here.
-        return crate::passthrough::forward(State(state), req).await;
+        return hold(crate::passthrough::relay(&state, req).await, slot);
     };
     let mut ctx = Ctx {
         strategy: "none",
@@ -144,7 +160,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         key = %ctx.key.map(|k| k.short_hex()).unwrap_or_default(),
         "request"
     );
-    resp
+    hold(resp, slot)
 }
 
 async fn handle_inner(
@@ -155,49 +171,39 @@ async fn handle_inner(
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let raw = read_body(body, &parts.headers, state.config.max_body_bytes).await?;
-    let body = parse_object(&raw)?;
+    let raw = state
+        .admission
+        .read_body(body, &parts.headers, state.config.max_body_bytes)
+        .await?;
     let directives = CacheDirectives::from_headers(&parts.headers)?;
-    let flags = wire::request_flags(route, &body);
-    let model = flags.model.unwrap_or("");
-    let strategy = state
-        .config
-        .strategy_for(directives.strategy.as_deref(), model, route.path())
-        .map_err(|message| ApiError::BadHeader {
-            header: "x-prefixcache-strategy",
-            message,
-        })?;
-    ctx.strategy = state.strategy_label(&strategy.name);
-
     let caller = state.tenancy.caller(&parts.headers, parts.uri.query());
     let namespace = caller.namespace;
-    let family = state
-        .families
-        .family(route, &body, &FamilyParams::for_strategy(strategy, model));
-    // The key is read from the bytes the caller sent, not from the parsed tree: member
-    // order, exact numbers and duplicate keys are only visible there.
-    let canonical = canonicalize(route, &raw, strategy.normalize_whitespace)
-        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let keys = compute_keys(&KeyInput {
-        namespace: &namespace,
-        strategy: &strategy.name,
-        method: parts.method.as_str(),
-        route,
-        query: parts.uri.query().unwrap_or(""),
-        body: &canonical,
-        key_mode: strategy.key_mode,
-        family: Some(&family.id),
+    let line = RequestLine {
+        method: parts.method.as_str().to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        strategy: directives.strategy.clone(),
+    };
+    let Analysis {
+        strategy: strategy_index,
+        flags,
+        family,
+        keys,
+        body_bypass,
+        tree,
+    } = off_worker(state, raw.bytes().len(), {
+        let (state, raw) = (state.clone(), raw.clone());
+        move || analyse(&state, route, raw.bytes(), &line, &namespace)
     })
-    .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let family_id = Some(family.id);
+    .await?;
+    let strategy = &state.config.strategies[strategy_index];
+    ctx.strategy = state.strategy_label(&strategy.name);
     ctx.key = Some(keys.key);
+    let family_id = family.as_ref().map(|f| f.id);
 
     let ttl = strategy.effective_ttl(directives.ttl);
     let sampled_skip = flags.sampled && !strategy.cache_sampled;
-    let bypass = if canonical.has_duplicate_keys() {
-        Some(BypassReason::DuplicateKeys)
-    } else if let Some(s) = flags.server_state {
-        Some(BypassReason::ServerState(s))
+    let bypass = if let Some(reason) = body_bypass {
+        Some(reason)
     } else if sampled_skip {
         Some(BypassReason::Sampled)
     } else if directives.no_cache {
@@ -227,7 +233,7 @@ async fn handle_inner(
         key: keys.key,
         family: family_id,
         raw: state.request_log.is_some().then(|| raw.clone()),
-        request: None,
+        static_part: StaticPart::Unknown,
         prompt_cache_key: PromptCacheKeySource::None,
         breakpoint: crate::breakpoints::BreakpointNote::default(),
     };
@@ -235,16 +241,21 @@ async fn handle_inner(
     if lookup && let Some(entry) = state.store_get(&keys.key).await {
         if entry.meta.request_hash == keys.request_hash && entry.meta.route == route {
             match render(
+                state,
                 route,
                 entry.meta.form,
                 &entry.body,
                 want,
                 Some(&keys.key),
                 true,
-            ) {
+            )
+            .await
+            {
                 Ok(rendered) => {
                     ctx.outcome = Some(Outcome::Hit);
-                    labels.warning = state.lint_request(strategy, &family, &namespace, false);
+                    labels.warning = family
+                        .as_ref()
+                        .and_then(|f| state.lint_request(strategy, f, &namespace, false));
                     let age = state.now_ms().saturating_sub(entry.meta.created_at_ms) / 1000;
                     let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
                     set_cache_headers(resp.headers_mut(), Outcome::Hit, &labels);
@@ -275,56 +286,41 @@ async fn handle_inner(
         }
     }
 
-    labels.warning = state.lint_request(strategy, &family, &namespace, true);
-    // The provider's prompt cache: the key policy for this family, and a breakpoint
-    // where its learned boundary pays (`breakpoints.rs`).
-    let placement = if bypass == Some(BypassReason::DuplicateKeys) {
-        crate::breakpoints::Placement::default()
-    } else {
-        state.breakpoints.place(
-            &crate::breakpoints::PlaceInput {
-                strategy,
-                route,
-                body: &body,
-                model,
-                namespace: &namespace,
-                family: &family.id,
-                now_ms: state.now_ms(),
-            },
-            &state.prices,
-        )
+    labels.warning = family
+        .as_ref()
+        .and_then(|f| state.lint_request(strategy, f, &namespace, true));
+    // What forwarding and accounting need from the tree is taken now (the provider's
+    // prompt-cache key and breakpoint, the prompt's static part); the tree is dropped
+    // before the upstream round trip, which may last minutes.
+    let forward = Forward {
+        route,
+        strategy: strategy_index,
+        namespace,
+        family: family_id,
+        model: flags.model,
+        has_prompt_cache_key: flags.has_prompt_cache_key,
+        stream: want.stream,
+        splice: bypass != Some(BypassReason::DuplicateKeys),
+        complete: body_bypass != Some(BypassReason::TooComplex),
     };
+    let Prepared {
+        upstream,
+        prompt_cache_key,
+        static_part,
+        placement,
+    } = off_worker(state, raw.bytes().len(), {
+        let (state, raw) = (state.clone(), raw.clone());
+        move || prepare(&state, &forward, tree, &raw)
+    })
+    .await?;
+    drop(raw);
     labels.breakpoint = placement.header();
-    let family = family_id;
-    let prompt_cache_key = match placement.key_mode {
-        // A caller's own key is never overwritten.
-        Some(mode) if !flags.has_prompt_cache_key => {
-            derived_prompt_cache_key(mode, route, &body, family.as_ref())
-        }
-        _ => None,
-    };
-    let injections = if bypass == Some(BypassReason::DuplicateKeys) {
-        // Which of two equal keys counts is the provider's reading; the bytes go as sent.
-        Injections::default()
-    } else {
-        Injections {
-            include_usage: want.stream,
-            prompt_cache_key: prompt_cache_key.as_deref(),
-            breakpoint: placement.breakpoint,
-        }
-    };
-    let upstream_body = wire::prepare_upstream_body(&raw, route, &injections)
-        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    ledger.prompt_cache_key = PromptCacheKeySource::of(
-        flags.has_prompt_cache_key,
-        prompt_cache_key.is_some(),
-        placement.key_mode.unwrap_or(strategy.prompt_cache_key),
-    );
+    ledger.prompt_cache_key = prompt_cache_key;
+    ledger.static_part = static_part;
     ledger.breakpoint = placement.note();
     if let Some(plan) = placement.plan {
         state.metrics.breakpoint_decision(plan.decision.as_str());
     }
-    ledger.request = Some(Arc::new(body));
     let outcome = match bypass {
         Some(reason) => {
             state
@@ -348,12 +344,11 @@ async fn handle_inner(
         headers: state
             .upstream
             .forward_headers(&parts.headers, route.path(), true),
-        body: upstream_body,
         store: store_allowed.then(|| StorePlan {
             key: keys.key,
             request_hash: keys.request_hash,
             strategy: strategy.name.clone(),
-            family,
+            family: family_id,
             namespace_tag: namespace_tag(&namespace),
             own_namespace: caller.own,
             ttl,
@@ -368,7 +363,7 @@ async fn handle_inner(
     if lookup && store_allowed {
         match state.flights.join_or_lead(flight_key) {
             Joined::Leader(flight) => {
-                start_flight(state, flight.clone(), plan, Some(flight_key));
+                start_flight(state, flight.clone(), plan, upstream, Some(flight_key));
                 ctx.outcome = Some(outcome);
                 return respond_live(flight, want, outcome, &labels).await;
             }
@@ -389,43 +384,243 @@ async fn handle_inner(
     } else {
         (Flight::new(), None)
     };
-    start_flight(state, flight.clone(), plan, registered);
+    start_flight(state, flight.clone(), plan, upstream, registered);
     ctx.outcome = Some(outcome);
     respond_live(flight, want, outcome, &labels).await
 }
 
-/// Reads the whole body, bounded by `max_body_bytes` (413 beyond it).
-async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
+/// Bodies up to this size are analysed on the async worker: parsing, keying and the
+/// family take well under a millisecond there (`docs/BENCHMARKS.md`, "Large request
+/// bodies"). Larger ones go to the blocking pool, so a 32 MiB body never stalls the
+/// other requests of a worker.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// Runs `f` here for a small body, on the blocking pool (owned by the state's task
+/// tracker) for a large one.
+async fn off_worker<T: Send + 'static>(
+    state: &AppState,
+    body_len: usize,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if body_len <= INLINE_BODY_BYTES {
+        return f();
     }
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    axum::body::to_bytes(body, limit_usize).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return ApiError::BodyTooLarge { limit };
-            }
-            source = s.source();
-        }
-        ApiError::BodyRead(e.to_string())
+    match state.tasks.spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => match e.try_into_panic() {
+            // A bug in the analysis: fail this request as it would have inline.
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only at runtime shutdown.
+            Err(_) => Err(ApiError::ShuttingDown),
+        },
+    }
+}
+
+/// The parts of the request line and headers the analysis needs.
+struct RequestLine {
+    method: String,
+    query: String,
+    /// `x-prefixcache-strategy`.
+    strategy: Option<String>,
+}
+
+/// The flags of a request, owned (they outlive the tree they were read from).
+#[derive(Debug, Clone)]
+struct Flags {
+    stream: bool,
+    include_usage: bool,
+    sampled: bool,
+    model: String,
+    has_prompt_cache_key: bool,
+}
+
+/// What a request is, read from its body.
+struct Analysis {
+    /// Index of the strategy in `config.strategies`.
+    strategy: usize,
+    flags: Flags,
+    /// `None` when the tree was over its budget.
+    family: Option<Family>,
+    keys: Keys,
+    /// A reason in the body itself never to cache it.
+    body_bypass: Option<BypassReason>,
+    /// Kept until the request is prepared for forwarding, then dropped.
+    tree: Map<String, Value>,
+}
+
+/// Parses the members the proxy reads, picks the strategy, and derives the family and
+/// the keys (from the raw bytes: member order, exact numbers and duplicate keys are
+/// only visible there).
+fn analyse(
+    state: &AppState,
+    route: Route,
+    raw: &Bytes,
+    line: &RequestLine,
+    namespace: &Namespace,
+) -> Result<Analysis, ApiError> {
+    let parsed =
+        wire::parse_request(route, raw, state.tree_limits(raw.len())).map_err(invalid_json)?;
+    let f = wire::request_flags(route, &parsed.body);
+    let model = f.model.unwrap_or("");
+    let strategy = state
+        .config
+        .strategy_for(line.strategy.as_deref(), model, route.path())
+        .map_err(|message| ApiError::BadHeader {
+            header: "x-prefixcache-strategy",
+            message,
+        })?;
+    let index = state
+        .config
+        .strategies
+        .iter()
+        .position(|s| std::ptr::eq(s, strategy))
+        .unwrap_or(state.config.strategies.len() - 1);
+    let family = parsed.complete.then(|| {
+        state.families.family(
+            route,
+            &parsed.body,
+            &FamilyParams::for_strategy(strategy, model),
+        )
+    });
+    let canonical = canonicalize(route, raw, strategy.normalize_whitespace)
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let keys = compute_keys(&KeyInput {
+        namespace,
+        strategy: &strategy.name,
+        method: &line.method,
+        route,
+        query: &line.query,
+        body: &canonical,
+        // Without a family (a tree over budget) the request is never looked up or
+        // stored; its exact key only labels it.
+        key_mode: if family.is_some() {
+            strategy.key_mode
+        } else {
+            KeyMode::Exact
+        },
+        family: family.as_ref().map(|f| &f.id),
+    })
+    .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let body_bypass = if canonical.has_duplicate_keys() {
+        Some(BypassReason::DuplicateKeys)
+    } else if !parsed.complete {
+        Some(BypassReason::TooComplex)
+    } else {
+        f.server_state.map(BypassReason::ServerState)
+    };
+    let flags = Flags {
+        stream: f.stream,
+        include_usage: f.include_usage,
+        sampled: f.sampled,
+        model: model.to_owned(),
+        has_prompt_cache_key: f.has_prompt_cache_key,
+    };
+    Ok(Analysis {
+        strategy: index,
+        flags,
+        family,
+        keys,
+        body_bypass,
+        tree: parsed.body,
     })
 }
 
-fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(raw) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::InvalidJson(
-            "request body must be a JSON object".into(),
-        )),
-        Err(e) => Err(ApiError::InvalidJson(format!(
+fn invalid_json(e: wire::WireError) -> ApiError {
+    match e {
+        wire::WireError::NotAnObject => {
+            ApiError::InvalidJson("request body must be a JSON object".into())
+        }
+        e => ApiError::InvalidJson(format!(
             "request body is not valid JSON ({e}); send the request as JSON with Content-Type: application/json"
-        ))),
+        )),
     }
+}
+
+/// What [`prepare`] needs besides the tree and the body.
+struct Forward {
+    route: Route,
+    strategy: usize,
+    namespace: Namespace,
+    family: Option<FamilyId>,
+    model: String,
+    has_prompt_cache_key: bool,
+    stream: bool,
+    /// Splices allowed (not for a body with duplicate keys).
+    splice: bool,
+    /// The tree holds every member the proxy reads.
+    complete: bool,
+}
+
+/// A missed request, ready to forward.
+struct Prepared {
+    /// The caller's bytes with the documented splices, under the body's admission.
+    upstream: AdmittedBody,
+    prompt_cache_key: PromptCacheKeySource,
+    static_part: StaticPart,
+    /// The provider's prompt cache: the key policy and the breakpoint placed.
+    placement: Placement,
+}
+
+/// Places the provider's prompt-cache key and breakpoint (`breakpoints.rs`), splices
+/// them and `include_usage` into the caller's bytes, and measures what accounting will
+/// need of the prompt; consumes the tree.
+fn prepare(
+    state: &AppState,
+    f: &Forward,
+    tree: Map<String, Value>,
+    raw: &AdmittedBody,
+) -> Result<Prepared, ApiError> {
+    let strategy = &state.config.strategies[f.strategy];
+    let placement = match (&f.family, f.splice && f.complete) {
+        (Some(family), true) => state.breakpoints.place(
+            &PlaceInput {
+                strategy,
+                route: f.route,
+                body: &tree,
+                model: &f.model,
+                namespace: &f.namespace,
+                family,
+                now_ms: state.now_ms(),
+            },
+            &state.prices,
+        ),
+        // Duplicate keys: the bytes go as sent. A tree over budget: nothing to learn from.
+        _ => Placement::default(),
+    };
+    let derived = match placement.key_mode {
+        // A caller's own key is never overwritten.
+        Some(mode) if !f.has_prompt_cache_key => {
+            derived_prompt_cache_key(mode, f.route, &tree, f.family.as_ref())
+        }
+        _ => None,
+    };
+    let injections = if f.splice {
+        Injections {
+            include_usage: f.stream,
+            prompt_cache_key: derived.as_deref(),
+            breakpoint: placement.breakpoint,
+        }
+    } else {
+        // Which of two equal keys counts is the provider's reading; the bytes go as sent.
+        Injections::default()
+    };
+    let upstream = wire::prepare_upstream_body(raw.bytes(), f.route, &injections)
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let static_part = if f.complete {
+        state.static_part(f.route, &tree, &f.model, raw.bytes().len(), f.family)
+    } else {
+        StaticPart::Unknown
+    };
+    Ok(Prepared {
+        upstream: raw.derived(upstream),
+        prompt_cache_key: PromptCacheKeySource::of(
+            f.has_prompt_cache_key,
+            derived.is_some(),
+            placement.key_mode.unwrap_or(strategy.prompt_cache_key),
+        ),
+        static_part,
+        placement,
+    })
 }
 
 fn namespace_tag(ns: &prefixcache_core::key::Namespace) -> [u8; 8] {
@@ -472,22 +667,32 @@ fn set_cache_headers(h: &mut HeaderMap, outcome: Outcome, labels: &Labels) {
 enum Rendered {
     Json(Bytes),
     Events(Vec<Bytes>),
+    /// Events rendered on the blocking pool as the client takes them.
+    Stream(mpsc::Receiver<Bytes>),
 }
 
 impl Rendered {
     fn into_response(self, status: StatusCode, mut headers: HeaderMap) -> Response {
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::CONTENT_TYPE);
+        let sse = HeaderValue::from_static("text/event-stream; charset=utf-8");
         let (content_type, body) = match self {
-            Rendered::Json(b) => ("application/json", Body::from(b)),
+            Rendered::Json(b) => (HeaderValue::from_static("application/json"), Body::from(b)),
             Rendered::Events(events) => (
-                "text/event-stream; charset=utf-8",
+                sse,
                 Body::from_stream(futures_util::stream::iter(
                     events.into_iter().map(Ok::<_, std::convert::Infallible>),
                 )),
             ),
+            Rendered::Stream(mut rx) => (
+                sse,
+                Body::from_stream(
+                    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                        .map(Ok::<_, std::convert::Infallible>),
+                ),
+            ),
         };
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CONTENT_TYPE, content_type);
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
@@ -495,14 +700,75 @@ impl Rendered {
     }
 }
 
+/// Bodies above this are rendered on the blocking pool, and a JSON body rendered as
+/// SSE is handed out event by event as the client reads (its events are about seven
+/// times its size). Below it, rendering takes well under a millisecond.
+const LARGE_ENTRY_BYTES: usize = 256 * 1024;
+/// Events rendered ahead of a slow reader.
+const RENDER_AHEAD: usize = 64;
+
 /// Renders a complete body (stored entry or finished flight) in the form the caller
 /// wants, whatever form it was received in.
-fn render(
+async fn render(
+    state: &AppState,
     route: Route,
     form: ContentForm,
     body: &Bytes,
     want: Want,
     key: Option<&CacheKey>,
+    cached: bool,
+) -> Result<Rendered, wire::WireError> {
+    let key_hex = want
+        .annotate
+        .then(|| key.map(|k| k.to_hex()).unwrap_or_default());
+    if body.len() <= LARGE_ENTRY_BYTES {
+        return render_now(route, form, body, want, key_hex.as_deref(), cached);
+    }
+    let body = body.clone();
+    if form == ContentForm::Json && want.stream {
+        let (tx, rx) = mpsc::channel(RENDER_AHEAD);
+        let (checked, check) = oneshot::channel();
+        state.tasks.spawn_blocking(move || {
+            let rendering = match wire::SseRendering::new(route, &body, want.include_usage) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = checked.send(Err(e));
+                    return;
+                }
+            };
+            let _ = checked.send(Ok(()));
+            // Stops when the client is gone (the receiver is dropped).
+            let _ = rendering.render(&mut |event| {
+                let event = match &key_hex {
+                    Some(k) => wire::annotate_sse_event(&event, cached, k),
+                    None => event,
+                };
+                tx.blocking_send(event).is_ok()
+            });
+        });
+        return match check.await {
+            Ok(Ok(())) => Ok(Rendered::Stream(rx)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(wire::WireError::Shape("the renderer stopped")),
+        };
+    }
+    let rendered = state
+        .tasks
+        .spawn_blocking(move || render_now(route, form, &body, want, key_hex.as_deref(), cached))
+        .await;
+    match rendered {
+        Ok(r) => r,
+        Err(_) => Err(wire::WireError::Shape("the renderer stopped")),
+    }
+}
+
+/// [`render`], all at once.
+fn render_now(
+    route: Route,
+    form: ContentForm,
+    body: &Bytes,
+    want: Want,
+    key_hex: Option<&str>,
     cached: bool,
 ) -> Result<Rendered, wire::WireError> {
     let rendered = match (form, want.stream) {
@@ -515,17 +781,17 @@ fn render(
             Rendered::Events(wire::replay_sse(route, body, want.include_usage)?)
         }
     };
-    if !want.annotate {
+    let Some(key_hex) = key_hex else {
         return Ok(rendered);
-    }
-    let key_hex = key.map(|k| k.to_hex()).unwrap_or_default();
+    };
     Ok(match rendered {
-        Rendered::Json(b) => Rendered::Json(wire::annotate_json(&b, cached, &key_hex)?),
+        Rendered::Json(b) => Rendered::Json(wire::annotate_json(&b, cached, key_hex)?),
         Rendered::Events(evs) => Rendered::Events(
             evs.iter()
-                .map(|e| wire::annotate_sse_event(e, cached, &key_hex))
+                .map(|e| wire::annotate_sse_event(e, cached, key_hex))
                 .collect(),
         ),
+        stream @ Rendered::Stream(_) => stream,
     })
 }
 
@@ -536,7 +802,6 @@ struct FlightPlan {
     method: Method,
     path_and_query: String,
     headers: HeaderMap,
-    body: Bytes,
     store: Option<StorePlan>,
     /// The leader's status (`MISS` or `BYPASS`) and ledger, accounted when it ends.
     outcome: Outcome,
@@ -559,11 +824,12 @@ fn start_flight(
     state: &AppState,
     flight: Arc<Flight>,
     plan: Arc<FlightPlan>,
+    body: AdmittedBody,
     registered: Option<CacheKey>,
 ) {
     let task_state = state.clone();
     state.tasks.spawn(async move {
-        run_flight(&task_state, &flight, &plan).await;
+        run_flight(&task_state, &flight, &plan, body, registered).await;
         if let Some(key) = registered {
             task_state.flights.remove(&key, &flight);
         }
@@ -573,8 +839,18 @@ fn start_flight(
 /// Bound on one SSE event still being received; past it the stream is treated as cut.
 const MAX_EVENT_BYTES: usize = 16 << 20;
 
+/// An oversized response is read upstream at most this far ahead of its slowest reader.
+const OVERSIZED_AHEAD_BYTES: usize = 1 << 20;
+
 /// Reads one upstream response into the flight and stores it if it completed.
-async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
+/// `registered` is the key the flight may be joined under.
+async fn run_flight(
+    state: &AppState,
+    flight: &Arc<Flight>,
+    plan: &FlightPlan,
+    body: AdmittedBody,
+    registered: Option<CacheKey>,
+) {
     let metrics = &state.metrics;
     metrics.inflight_upstream.inc();
     let started = Instant::now();
@@ -584,9 +860,13 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
             plan.method.clone(),
             &plan.path_and_query,
             plan.headers.clone(),
-            reqwest::Body::from(plan.body.clone()),
+            reqwest::Body::from(body.bytes().clone()),
         )
         .await;
+    // Sent: the body's bytes leave the budget (the request log keeps its own copy).
+    drop(body);
+    let max_response =
+        usize::try_from(state.config.limits.max_response_bytes).unwrap_or(usize::MAX);
     let resp = match sent {
         Ok(resp) => resp,
         Err(e) => {
@@ -691,6 +971,19 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
                 break;
             }
             Ok(Some(Ok(chunk))) => {
+                if !flight.is_oversized() && flight.buffered() + chunk.len() > max_response {
+                    // Too large to keep: streamed through, neither stored nor shared.
+                    metrics.oversized_responses.inc();
+                    flight.set_oversized();
+                    if let Some(key) = registered {
+                        state.flights.remove(&key, flight);
+                    }
+                }
+                if flight.is_oversized() && !flight.room(OVERSIZED_AHEAD_BYTES).await {
+                    // Every reader left, and nothing will be stored.
+                    cut = true;
+                    break;
+                }
                 if is_sse {
                     for event in splitter.push_bytes(chunk) {
                         let kind = assembler.push(&event);
@@ -751,17 +1044,26 @@ async fn run_flight(state: &AppState, flight: &Arc<Flight>, plan: &FlightPlan) {
         );
         return;
     }
-    let body = flight.body();
+    // An oversized body's start is gone: it is not stored, and a JSON body's usage is
+    // unknown (a stream's was read event by event).
+    let oversized = flight.is_oversized();
+    let body = if oversized {
+        Bytes::new()
+    } else {
+        flight.body()
+    };
     let (complete, model, usage) = if !status.is_success() {
         (false, None, None)
     } else if is_sse {
         (
-            assembler.is_complete(),
+            assembler.is_complete() && !oversized,
             assembler.model().map(str::to_string),
             assembler.usage(),
         )
+    } else if oversized {
+        (false, None, None)
     } else {
-        let summary = wire::json_summary(plan.route, &body);
+        let summary = json_summary(state, plan.route, &body).await;
         (summary.complete, summary.model, summary.usage)
     };
     let model = model.unwrap_or_default();
@@ -826,6 +1128,20 @@ fn entry(
     }
 }
 
+/// Usage, model and completeness of a JSON response; a large one is parsed on the
+/// blocking pool.
+async fn json_summary(state: &AppState, route: Route, body: &Bytes) -> wire::JsonSummary {
+    if body.len() <= LARGE_ENTRY_BYTES {
+        return wire::json_summary(route, body);
+    }
+    let body = body.clone();
+    state
+        .tasks
+        .spawn_blocking(move || wire::json_summary(route, &body))
+        .await
+        .unwrap_or_default()
+}
+
 /// The response for the caller that leads a flight (or runs one of its own): upstream's
 /// status and headers as they arrive, then the body chunk by chunk.
 async fn respond_live(
@@ -849,10 +1165,11 @@ async fn respond_live(
             ));
         }
     };
-    // Annotating a JSON body needs all of it; streams are annotated event by event.
+    // Annotating a JSON body needs all of it; streams are annotated event by event. An
+    // oversized body is not held whole: it goes out as it comes, unannotated.
     if want.annotate && !head.is_sse && head.status.is_success() {
-        let end = flight.finished().await;
-        if end == (End::Finished { complete: true }) {
+        let end = flight.finished_whole().await;
+        if end == Some(End::Finished { complete: true }) {
             let body = flight.body();
             let annotated = wire::annotate_json(&body, false, &labels.key.to_hex()).unwrap_or(body);
             let mut resp = Rendered::Json(annotated).into_response(head.status, head.headers);
@@ -882,16 +1199,15 @@ fn live_response(
         headers.remove(header::CONTENT_LENGTH);
     }
     let stream = futures_util::stream::unfold(
-        (reader, 0usize, false, on_finish),
-        move |(reader, pos, done, mut on_finish)| {
+        (reader, false, on_finish),
+        move |(mut reader, done, mut on_finish)| {
             let annotate_key = annotate_key.clone();
             async move {
                 if done {
                     return None;
                 }
-                match reader.flight().next(pos).await {
+                match reader.next().await {
                     Next::Chunks(chunks) => {
-                        let next = pos + chunks.len();
                         let mut out = Vec::new();
                         for c in chunks {
                             if c.usage_only && !want.include_usage {
@@ -903,7 +1219,7 @@ fn live_response(
                             };
                             out.push(bytes);
                         }
-                        Some((Ok(coalesce(out)), (reader, next, false, on_finish)))
+                        Some((Ok(coalesce(out)), (reader, false, on_finish)))
                     }
                     Next::End(End::Finished { complete }) => {
                         if let Some(f) = on_finish.take()
@@ -915,7 +1231,7 @@ fn live_response(
                     }
                     Next::End(_) => Some((
                         Err(std::io::Error::other("upstream response was cut")),
-                        (reader, pos, true, None),
+                        (reader, true, None),
                     )),
                 }
             }
@@ -996,7 +1312,8 @@ async fn follow(
         .await
         .ok()?
         .ok()?;
-    if !head.status.is_success() {
+    // An oversized response is not shared: its start may be gone already.
+    if !head.status.is_success() || flight.is_oversized() {
         return None;
     }
     if UpstreamCaching::from_headers(&head.headers)
@@ -1019,7 +1336,10 @@ async fn follow(
             Some(Box::new(account)),
         ));
     }
-    let end = tokio::time::timeout(bound, flight.finished()).await.ok()?;
+    // Not an oversized one: it will not end complete, and waiting would hold it whole.
+    let end = tokio::time::timeout(bound, flight.finished_whole())
+        .await
+        .ok()??;
     if end != (End::Finished { complete: true }) {
         return None;
     }
@@ -1028,7 +1348,17 @@ async fn follow(
     } else {
         ContentForm::Json
     };
-    let rendered = render(route, form, &flight.body(), want, Some(&labels.key), true).ok()?;
+    let rendered = render(
+        state,
+        route,
+        form,
+        &flight.body(),
+        want,
+        Some(&labels.key),
+        true,
+    )
+    .await
+    .ok()?;
     let mut resp = rendered.into_response(StatusCode::OK, HeaderMap::new());
     set_cache_headers(resp.headers_mut(), Outcome::Coalesced, labels);
     account(flight);
@@ -1050,12 +1380,5 @@ mod tests {
             BypassReason::ServerState(ServerState::Conversation).as_str(),
             "conversation"
         );
-    }
-
-    #[test]
-    fn non_objects_are_rejected() {
-        assert!(parse_object(b"[1]").is_err());
-        assert!(parse_object(b"{").is_err());
-        assert!(parse_object(b"{}").is_ok());
     }
 }

@@ -39,7 +39,51 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("the proxy is shutting down; retry on another replica")]
     ShuttingDown,
+    /// A limit on what all clients together may hold is reached: refused at once, to
+    /// be retried after `Retry-After`.
+    #[error("the proxy is at its limit of {0}; retry shortly")]
+    Overloaded(Overload),
+    /// The body arrived slower than `limits.body_read_timeout` plus
+    /// `limits.body_min_rate` allow.
+    #[error("the request body arrived too slowly (limits.body_read_timeout, limits.body_min_rate)")]
+    BodyTimeout,
 }
+
+/// Which shared limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// `limits.max_connections`.
+    Connections,
+    /// `limits.max_requests_in_flight`.
+    Requests,
+    /// `limits.max_body_bytes_in_flight`.
+    BodyBytes,
+}
+
+impl Overload {
+    /// The `reason` label of `prefixcache_rejected_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overload::Connections => "connections",
+            Overload::Requests => "requests",
+            Overload::BodyBytes => "body_bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for Overload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overload::Connections => "open connections (limits.max_connections)",
+            Overload::Requests => "requests in flight (limits.max_requests_in_flight)",
+            Overload::BodyBytes => "request-body bytes in flight (limits.max_body_bytes_in_flight)",
+        })
+    }
+}
+
+/// Seconds a refused client is told to wait (`Retry-After`): overload from a burst
+/// clears within a second or so, and the SDKs add their own backoff on top.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -52,7 +96,8 @@ impl ApiError {
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -63,11 +108,13 @@ impl ApiError {
             | ApiError::BodyTooLarge { .. }
             | ApiError::BadHeader { .. }
             | ApiError::BadPath(_)
-            | ApiError::BodyRead(_) => "invalid_request_error",
+            | ApiError::BodyRead(_)
+            | ApiError::BodyTimeout => "invalid_request_error",
             ApiError::AdminUnauthorized => "authentication_error",
             ApiError::UpstreamUnreachable(_)
             | ApiError::UpstreamTimeout(_)
-            | ApiError::ShuttingDown => "proxy_error",
+            | ApiError::ShuttingDown
+            | ApiError::Overloaded(_) => "proxy_error",
         }
     }
 
@@ -91,25 +138,43 @@ impl ApiError {
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::AdminUnauthorized => "admin_unauthorized",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::BodyTimeout => "body_timeout",
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({
+    /// The body of the error response: `{"error":{"message","type","param","code"}}`.
+    pub fn body(&self) -> String {
+        json!({
             "error": {
                 "message": self.to_string(),
                 "type": self.error_type(),
                 "param": self.param(),
                 "code": self.metric_label(),
             }
-        });
-        let mut resp = (self.status(), body.to_string()).into_response();
-        resp.headers_mut().insert(
+        })
+        .to_string()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), self.body()).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        match self {
+            ApiError::Overloaded(_) | ApiError::ShuttingDown => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            // The rest of a too-slow body is not read: the connection cannot be reused.
+            ApiError::BodyTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
         resp
     }
 }

@@ -4,8 +4,12 @@
 //!
 //! The reading task does not belong to any client: a caller that disconnects mid-stream
 //! does not stop it, so the response is still stored and the money spent is not wasted.
+//!
+//! A response larger than `limits.max_response_bytes` is [oversized](Flight::set_oversized):
+//! it will not be stored or shared, so from then on chunks every reader has taken are
+//! dropped, and the task reads upstream only as fast as its readers take the body.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -56,13 +60,52 @@ pub enum FailKind {
 #[derive(Debug, Default)]
 struct State {
     head: Option<Head>,
-    chunks: Vec<Chunk>,
+    /// The chunks from position `base` on (earlier ones were dropped: oversized).
+    chunks: VecDeque<Chunk>,
+    base: usize,
+    /// Bytes of `chunks`.
+    buffered: usize,
     /// A chunk readers do not see yet ([`Flight::push_held`]): part of the body, released
     /// by the next push or by the end.
     held: Option<Chunk>,
     end: Option<End>,
     /// Usage and model of the finished response, for followers' accounting.
     summary: Option<(Option<Usage>, String)>,
+    /// Past `max_response_bytes`: not stored, not shared, trimmed behind its readers.
+    oversized: bool,
+    /// Each reader's position: the chunks before it were taken.
+    positions: HashMap<u64, usize>,
+    next_reader: u64,
+}
+
+impl State {
+    /// Drops the chunks every reader has taken (oversized flights only).
+    fn trim(&mut self) {
+        if !self.oversized {
+            return;
+        }
+        let end = self.base + self.chunks.len();
+        let taken = self.positions.values().copied().min().unwrap_or(end);
+        while self.base < taken {
+            match self.chunks.pop_front() {
+                Some(c) => self.buffered -= c.bytes.len(),
+                None => break,
+            }
+            self.base += 1;
+        }
+    }
+
+    /// Bytes not yet taken by the slowest reader.
+    fn untaken(&self) -> usize {
+        let Some(&slowest) = self.positions.values().min() else {
+            return 0;
+        };
+        self.chunks
+            .iter()
+            .skip(slowest.saturating_sub(self.base))
+            .map(|c| c.bytes.len())
+            .sum()
+    }
 }
 
 /// The shared buffer of one upstream response.
@@ -78,20 +121,43 @@ pub struct Flight {
     followers: AtomicUsize,
 }
 
-/// A caller receiving a flight's body. While none exist, the reading task knows nobody
-/// is waiting and bounds how long it keeps reading.
+/// A caller receiving a flight's body, from its start. While none exist, the reading
+/// task knows nobody is waiting and bounds how long it keeps reading.
 #[derive(Debug)]
-pub struct Reader(Arc<Flight>);
+pub struct Reader {
+    flight: Arc<Flight>,
+    id: u64,
+    pos: usize,
+}
 
 impl Reader {
     pub fn flight(&self) -> &Flight {
-        &self.0
+        &self.flight
+    }
+
+    /// Waits for the chunks after what this reader took, or the end.
+    pub async fn next(&mut self) -> Next {
+        let next = self.flight.next_for(self.id, self.pos).await;
+        if let Next::Chunks(chunks) = &next {
+            self.pos += chunks.len();
+        }
+        next
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.0.readers.fetch_sub(1, Ordering::SeqCst);
+        let oversized = {
+            let mut state = self.flight.lock();
+            state.positions.remove(&self.id);
+            state.trim();
+            state.oversized
+        };
+        self.flight.readers.fetch_sub(1, Ordering::SeqCst);
+        if oversized {
+            // The task may be waiting for this reader to make room.
+            self.flight.bump();
+        }
     }
 }
 
@@ -115,10 +181,21 @@ impl Flight {
         })
     }
 
-    /// Registers a caller receiving the body.
+    /// Registers a caller receiving the body from its start.
     pub fn reader(self: &Arc<Self>) -> Reader {
+        let id = {
+            let mut state = self.lock();
+            let id = state.next_reader;
+            state.next_reader += 1;
+            state.positions.insert(id, 0);
+            id
+        };
         self.readers.fetch_add(1, Ordering::SeqCst);
-        Reader(self.clone())
+        Reader {
+            flight: self.clone(),
+            id,
+            pos: 0,
+        }
     }
 
     /// How many callers are receiving the body now.
@@ -145,7 +222,9 @@ impl Flight {
         {
             let mut state = self.lock();
             state.release_held();
-            state.chunks.push(chunk);
+            state.buffered += chunk.bytes.len();
+            state.chunks.push_back(chunk);
+            state.trim();
         }
         self.bump();
     }
@@ -162,6 +241,49 @@ impl Flight {
         self.bump();
     }
 
+    /// Bytes held in the buffer.
+    pub fn buffered(&self) -> usize {
+        self.lock().buffered
+    }
+
+    /// Marks the response as too large to keep: it will end incomplete (not stored, not
+    /// given to a follower that waits for the whole body), and chunks all readers have
+    /// taken are dropped from now on.
+    pub fn set_oversized(&self) {
+        {
+            let mut state = self.lock();
+            state.oversized = true;
+            state.trim();
+        }
+        self.bump();
+    }
+
+    pub fn is_oversized(&self) -> bool {
+        self.lock().oversized
+    }
+
+    /// Waits until the slowest reader is at most `window` bytes behind: how an
+    /// oversized response is read upstream only as fast as it is sent on. `false` when
+    /// no reader is left (nobody will receive the rest).
+    pub async fn room(&self, window: usize) -> bool {
+        let mut rx = self.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let state = self.lock();
+                if state.positions.is_empty() {
+                    return false;
+                }
+                if state.untaken() <= window {
+                    return true;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
     pub fn end(&self, end: End) {
         {
             let mut state = self.lock();
@@ -171,12 +293,14 @@ impl Flight {
         self.bump();
     }
 
-    /// Ends a finished response, with the usage and model it reported.
+    /// Ends a finished response, with the usage and model it reported. An oversized
+    /// response never ends complete: its start is gone.
     pub fn finish(&self, complete: bool, usage: Option<Usage>, model: String) {
         {
             let mut state = self.lock();
             state.release_held();
             state.summary = Some((usage, model));
+            let complete = complete && !state.oversized;
             state.end = Some(End::Finished { complete });
         }
         self.bump();
@@ -222,17 +346,44 @@ impl Flight {
 
     /// Waits until there is something at `pos` or the flight ended.
     pub async fn next(&self, pos: usize) -> Next {
+        self.next_for(u64::MAX, pos).await
+    }
+
+    /// [`Flight::next`] for reader `id`, which took everything before `pos`.
+    async fn next_for(&self, id: u64, pos: usize) -> Next {
         let mut rx = self.version.subscribe();
+        let mut recorded = false;
         loop {
             rx.borrow_and_update();
-            {
-                let state = self.lock();
-                if pos < state.chunks.len() {
-                    return Next::Chunks(state.chunks[pos..].to_vec());
+            let moved = {
+                let mut state = self.lock();
+                let mut moved = false;
+                if !recorded
+                    && let Some(p) = state.positions.get_mut(&id)
+                    && *p != pos
+                {
+                    *p = pos;
+                    recorded = true;
+                    moved = state.oversized;
+                    state.trim();
+                }
+                if pos < state.base {
+                    // Dropped before this reader took them (it joined an oversized
+                    // response late): it cannot be given the whole body.
+                    return Next::End(End::Cut);
+                }
+                let at = pos - state.base;
+                if at < state.chunks.len() {
+                    return Next::Chunks(state.chunks.range(at..).cloned().collect());
                 }
                 if let Some(end) = &state.end {
                     return Next::End(end.clone());
                 }
+                moved
+            };
+            if moved {
+                // The task may be waiting for room.
+                self.bump();
             }
             if rx.changed().await.is_err() {
                 return Next::End(End::Cut);
@@ -254,6 +405,27 @@ impl Flight {
         }
     }
 
+    /// Waits for the end, or `None` as soon as the response is oversized (it will not
+    /// end complete, and waiting would hold all of it).
+    pub async fn finished_whole(&self) -> Option<End> {
+        let mut rx = self.version.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let state = self.lock();
+                if state.oversized {
+                    return None;
+                }
+                if let Some(end) = &state.end {
+                    return Some(end.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Some(End::Cut);
+            }
+        }
+    }
+
     /// The head if it has arrived (no waiting).
     pub fn head_now(&self) -> Option<Head> {
         self.lock().head.clone()
@@ -263,7 +435,9 @@ impl Flight {
 impl State {
     fn release_held(&mut self) {
         if let Some(chunk) = self.held.take() {
-            self.chunks.push(chunk);
+            self.buffered += chunk.bytes.len();
+            self.chunks.push_back(chunk);
+            self.trim();
         }
     }
 }
@@ -336,6 +510,7 @@ impl Flights {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[tokio::test]
     async fn readers_see_every_chunk_and_the_end() {
@@ -423,5 +598,48 @@ mod tests {
         flights.remove(&k, &a);
         assert!(flights.is_empty());
         assert_eq!(flights.followers(), 0);
+    }
+
+    fn chunk(n: usize) -> Chunk {
+        Chunk {
+            bytes: Bytes::from(vec![b'x'; n]),
+            usage_only: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_flight_keeps_only_what_its_readers_have_not_taken() {
+        let f = Flight::new();
+        let mut slow = f.reader();
+        let mut fast = f.reader();
+        for _ in 0..4 {
+            f.push(chunk(10));
+        }
+        f.set_oversized();
+        assert_eq!(f.buffered(), 40, "nothing taken yet");
+        let Next::Chunks(c) = fast.next().await else {
+            panic!()
+        };
+        assert_eq!(c.len(), 4);
+        let Next::Chunks(c) = slow.next().await else {
+            panic!()
+        };
+        assert_eq!(c.len(), 4);
+        // Both took four chunks; the next call records it and frees them.
+        f.push(chunk(10));
+        let _ = fast.next().await;
+        assert_eq!(f.buffered(), 50, "the slow reader still holds the start");
+        assert!(f.room(20).now_or_never().is_none(), "no room while behind");
+        let _ = slow.next().await;
+        assert_eq!(f.buffered(), 10);
+        assert_eq!(f.room(20).now_or_never(), Some(true));
+        // A reader registered now would miss the start: it is told so.
+        let mut late = f.reader();
+        assert!(matches!(late.next().await, Next::End(End::Cut)));
+        drop((slow, fast, late));
+        assert_eq!(f.room(20).now_or_never(), Some(false), "no reader left");
+        f.finish(true, None, String::new());
+        assert_eq!(f.finished().await, End::Finished { complete: false });
+        assert_eq!(f.finished_whole().await, None);
     }
 }

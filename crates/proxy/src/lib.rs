@@ -6,7 +6,8 @@
 //! `drain_timeout`, wait for background stores, flush the store).
 //!
 //! # Layout
-//! - [`server`]: the accept loop that owns connections (graceful drain).
+//! - [`server`]: the accept loop that owns connections (limits, graceful drain).
+//! - [`admission`]: budgets of connections, requests and body bytes; body reading.
 //! - [`state`]: shared state; store access that fails open and is measured.
 //! - [`accounting`]: tokens, dollars and request-log lines of answered requests.
 //! - [`cached`]: the cached routes (lookup, coalescing, forwarding, storing).
@@ -26,6 +27,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod admission;
 pub mod breakpoints;
 pub mod cached;
 pub mod dashboard;
@@ -43,6 +45,7 @@ pub mod upstream;
 pub mod warnings;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -58,9 +61,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use state::AppState;
 
+/// Open connections the admin listener accepts (dashboards, scrapers, operators).
+pub const ADMIN_CONNECTIONS: usize = 64;
+
 /// The proxy's router: health, metrics, the cached routes, and everything else
 /// forwarded. Admin routes (the dashboard included) are added here only when an
-/// `admin_token` protects them and no separate `admin_listen` is configured.
+/// `admin_token` protects them and no separate `admin_listen` is configured. The API
+/// routes' handlers (cached and forwarded) take a slot of
+/// `limits.max_requests_in_flight`; health, metrics and admin do not, so a saturated
+/// proxy still answers its probes.
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
@@ -134,9 +143,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-/// Copies the store's figures into their gauges (they are read, not counted) and
-/// returns them with whether the store's guard is failing open.
-pub(crate) fn refresh_store_gauges(state: &AppState) -> (StoreStats, bool) {
+/// Copies the store's and the admission budgets' figures into their gauges (they are
+/// read, not counted) and returns the store's with whether its guard is failing open.
+pub(crate) fn refresh_gauges(state: &AppState) -> (StoreStats, bool) {
     let stats = state.store.stats();
     let degraded = state.guard.as_ref().is_some_and(|g| g.is_degraded());
     if state.guard.is_some() {
@@ -145,11 +154,21 @@ pub(crate) fn refresh_store_gauges(state: &AppState) -> (StoreStats, bool) {
     state.metrics.entries.set(stats.entries as i64);
     state.metrics.store_bytes.set(stats.bytes as i64);
     state.metrics.store_evictions.set(stats.evictions as i64);
+    let a = &state.admission;
+    state.metrics.connections.set(a.open_connections() as i64);
+    state
+        .metrics
+        .requests_in_flight
+        .set(a.requests_in_flight() as i64);
+    state
+        .metrics
+        .body_bytes_in_flight
+        .set(a.body_bytes_in_flight() as i64);
     (stats, degraded)
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    refresh_store_gauges(&state);
+    refresh_gauges(&state);
     let mut resp = state.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -171,10 +190,27 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let drain = state.config.drain_timeout;
     let stop = CancellationToken::new();
-    let main = server::run(listener, app(state.clone()), stop.clone(), drain);
+    let main = server::run(
+        listener,
+        app(state.clone()),
+        stop.clone(),
+        drain,
+        state.admission.clone(),
+    );
     let admin = async {
         match admin_listener {
-            Some(l) => server::run(l, admin_app(state.clone()), stop.clone(), drain).await,
+            Some(l) => {
+                // The admin listener has connection slots of its own, so a flood on the
+                // main listener cannot lock the operator out.
+                let mut limits = state.config.limits.clone();
+                limits.max_connections = ADMIN_CONNECTIONS;
+                let admission = Arc::new(admission::Admission::new(
+                    &limits,
+                    state.metrics.rejected.clone(),
+                    state.metrics.client_timeouts.clone(),
+                ));
+                server::run(l, admin_app(state.clone()), stop.clone(), drain, admission).await
+            }
             None => Ok(()),
         }
     };

@@ -226,6 +226,12 @@ pub struct Metrics {
     pub provider_prompt_tokens: Family<PolicyTokenLabels, Counter>,
     pub provider_cache_write_usd: Family<PolicyLabels, Counter<f64, AtomicU64>>,
     pub store_evictions: Gauge,
+    pub rejected: Family<ReasonLabels, Counter>,
+    pub client_timeouts: Family<ReasonLabels, Counter>,
+    pub connections: Gauge,
+    pub requests_in_flight: Gauge,
+    pub body_bytes_in_flight: Gauge,
+    pub oversized_responses: Counter,
     pub breakpoints_injected: Counter,
     pub breakpoint_decisions: Family<DecisionLabels, Counter>,
     pub provider_breakpoint_tokens: Family<BreakpointKindLabels, Counter>,
@@ -344,7 +350,7 @@ impl Metrics {
         let bypassed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "bypass",
-            "Requests forwarded without a lookup, by reason (no_cache, sampled, duplicate_keys, conversation, background, stored_prompt, provider_tool)",
+            "Requests forwarded without a lookup, by reason (no_cache, sampled, duplicate_keys, body_too_complex, conversation, background, stored_prompt, provider_tool)",
             bypassed.clone(),
         );
         let store_skipped = Family::<ReasonLabels, Counter>::default();
@@ -370,6 +376,42 @@ impl Metrics {
             "store_evictions",
             "Entries the store dropped before their expiry for lack of room, since it opened (Redis: the server's evicted_keys)",
             store_evictions.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Connections and requests refused with 503 because a limit was reached (connections, requests, body_bytes)",
+            rejected.clone(),
+        );
+        let client_timeouts = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "client_timeouts",
+            "Client connections closed, or requests refused with 408, for being too slow or idle (header, body, idle)",
+            client_timeouts.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open client connections (limits.max_connections)",
+            connections.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests being served on the API routes (limits.max_requests_in_flight)",
+            requests_in_flight.clone(),
+        );
+        let body_bytes_in_flight = Gauge::default();
+        registry.register(
+            "request_body_bytes_in_flight",
+            "Request-body bytes held by the proxy (limits.max_body_bytes_in_flight)",
+            body_bytes_in_flight.clone(),
+        );
+        let oversized_responses = Counter::default();
+        registry.register(
+            "oversized_responses",
+            "Upstream responses larger than limits.max_response_bytes: streamed through, neither stored nor shared",
+            oversized_responses.clone(),
         );
         let breakpoints_injected = Counter::default();
         registry.register(
@@ -397,6 +439,12 @@ impl Metrics {
             provider_breakpoint_usd.clone(),
         );
         Metrics {
+            rejected,
+            client_timeouts,
+            connections,
+            requests_in_flight,
+            body_bytes_in_flight,
+            oversized_responses,
             breakpoints_injected,
             breakpoint_decisions,
             provider_breakpoint_tokens,

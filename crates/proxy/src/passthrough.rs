@@ -1,7 +1,10 @@
 //! Every route that is not cached: forwarded unchanged (method, path, query, end-to-end
 //! headers, body, status, streaming in both directions), never stored. A path that
-//! would leave the upstream's base path is refused first.
+//! would leave the upstream's base path is refused first; the body is held to the same
+//! budget and minimum rate as on the cached routes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::body::{Body, HttpBody};
@@ -10,13 +13,23 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::admission::{AdmittedBody, hold};
 use crate::error::ApiError;
 use crate::headers::end_to_end;
 use crate::metrics::{CodeLabels, error_code_label};
 use crate::state::AppState;
 
-/// Forwards a request as it is and streams the answer back.
+/// Forwards a request as it is and streams the answer back; it holds a request slot
+/// until the answer has been sent (503 at once when none is free).
 pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
+    match state.admission.request() {
+        Ok(slot) => hold(relay(&state, req).await, slot),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// [`forward`] for a request that already holds its slot.
+pub(crate) async fn relay(state: &AppState, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path_and_query = parts
@@ -27,15 +40,29 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
         .upstream
         .forward_headers(&parts.headers, parts.uri.path(), false);
     let body = match crate::upstream::check_path(parts.uri.path()) {
-        Ok(()) => upstream_body(body, &parts.headers, state.config.max_body_bytes).await,
+        Ok(()) => upstream_body(state, body, &parts.headers).await,
         Err(e) => Err(ApiError::BadPath(e.to_string())),
     };
     let result = match body {
-        Ok(body) => state
-            .upstream
-            .send(parts.method.clone(), &path_and_query, headers, body)
-            .await
-            .map_err(ApiError::from),
+        Ok(Outgoing {
+            body,
+            admitted,
+            slow,
+        }) => {
+            let sent = state
+                .upstream
+                .send(parts.method.clone(), &path_and_query, headers, body)
+                .await;
+            // Sent: a buffered body leaves the budget.
+            drop(admitted);
+            sent.map_err(|e| {
+                if slow.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                    ApiError::BodyTimeout
+                } else {
+                    ApiError::from(e)
+                }
+            })
+        }
         Err(e) => Err(e),
     };
     let proxy_error = result.is_err();
@@ -94,13 +121,25 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
     resp
 }
 
-/// The request body as it goes upstream: small bodies of known length are sent with
-/// that length (some servers reject chunked uploads), others are streamed.
+/// A request body on its way upstream.
+struct Outgoing {
+    body: reqwest::Body,
+    /// A buffered body's bytes and their share of the body budget.
+    admitted: Option<AdmittedBody>,
+    /// Set when a streamed body was cut for arriving too slowly.
+    slow: Option<Arc<AtomicBool>>,
+}
+
+/// The request body as it goes upstream: bodies of known length up to `max_body_bytes`
+/// are read first (admitted against the body budget, at the minimum rate) and sent with
+/// that length, since some servers reject chunked uploads; others are streamed, held to
+/// the same minimum rate.
 async fn upstream_body(
+    state: &AppState,
     body: Body,
     headers: &HeaderMap,
-    limit: u64,
-) -> Result<reqwest::Body, ApiError> {
+) -> Result<Outgoing, ApiError> {
+    let limit = state.config.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -108,17 +147,28 @@ async fn upstream_body(
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
     match declared {
         Some(n) if n <= limit && !chunked => {
-            let bytes = axum::body::to_bytes(body, n as usize)
-                .await
-                .map_err(|e| ApiError::BodyRead(e.to_string()))?;
-            Ok(reqwest::Body::from(bytes))
+            let admitted = state.admission.read_body(body, headers, limit).await?;
+            Ok(Outgoing {
+                body: reqwest::Body::from(admitted.bytes().clone()),
+                admitted: Some(admitted),
+                slow: None,
+            })
         }
         // No length and not chunked: HTTP/1 says there is no body; HTTP/2 may still
         // carry one, which the body itself knows.
-        None if !chunked && HttpBody::is_end_stream(&body) => {
-            Ok(reqwest::Body::from(bytes::Bytes::new()))
+        None if !chunked && HttpBody::is_end_stream(&body) => Ok(Outgoing {
+            body: reqwest::Body::from(bytes::Bytes::new()),
+            admitted: None,
+            slow: None,
+        }),
+        _ => {
+            let (stream, slow) = state.admission.rate_limited(body);
+            Ok(Outgoing {
+                body: reqwest::Body::wrap_stream(stream),
+                admitted: None,
+                slow: Some(slow),
+            })
         }
-        _ => Ok(reqwest::Body::wrap_stream(body.into_data_stream())),
     }
 }
 

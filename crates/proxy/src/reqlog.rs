@@ -1,25 +1,31 @@
-//! The request log (`docs/request-log.md`): one JSON line per request on a cached route, written
-//! by a dedicated thread so a slow disk never slows a request, rotated by size.
+//! The request log (`docs/request-log.md`): one JSON line per request on a cached
+//! route, written by a dedicated thread so a slow disk never slows a request, rotated by
+//! size, readable by the proxy's user only (it holds every tenant's prompts).
 //!
-//! Lines are handed over through a bounded channel; when it is full (the disk cannot
-//! keep up) a line is dropped and counted rather than making the request wait.
+//! Lines are handed over through a queue bounded in lines and in bytes; when it is full
+//! (the disk cannot keep up) a line is dropped and counted rather than making the
+//! request wait or memory grow. The request body is not copied into the line on the
+//! request path: the writer thread appends the caller's bytes after the record's
+//! fields.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use prefixcache_store::private;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 /// Lines waiting for the writer thread; beyond this, lines are dropped.
 const QUEUE_LINES: usize = 8192;
 
-/// One line of the request log.
+/// One line of the request log, but for its last field, `request`: the request body as
+/// the caller sent it, appended by the writer (see [`RequestLog::write`]).
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
     /// RFC 3339 UTC with milliseconds.
@@ -42,8 +48,6 @@ pub struct Record<'a> {
     /// `auto` when the proxy placed one, `caller`, `none`) and the decision behind it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakpoint: Option<crate::breakpoints::BreakpointNote>,
-    /// The request body exactly as the caller sent it.
-    pub request: &'a RawValue,
 }
 
 #[derive(Debug, Serialize, Clone, Copy)]
@@ -65,30 +69,60 @@ impl From<prefixcache_core::usage::Usage> for UsageRecord {
     }
 }
 
+/// A line waiting for the writer: the record's fields, then the request body.
+struct Line {
+    head: Vec<u8>,
+    request: Bytes,
+}
+
+impl Line {
+    fn len(&self) -> u64 {
+        (self.head.len() + self.request.len() + 16) as u64
+    }
+}
+
 /// The request log writer.
 #[derive(Debug)]
 pub struct RequestLog {
-    tx: Mutex<Option<SyncSender<Vec<u8>>>>,
+    tx: Mutex<Option<SyncSender<Line>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     dropped: AtomicU64,
+    /// Bytes of the lines in the queue, and their bound.
+    queued: Arc<AtomicU64>,
+    queue_bytes: u64,
     path: PathBuf,
 }
 
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Line").field("len", &self.len()).finish()
+    }
+}
+
 impl RequestLog {
-    /// Opens (appends to) `path`, rotating to `path.1 .. path.<keep>` past `max_bytes`.
-    pub fn open(path: &Path, max_bytes: u64, keep: usize) -> std::io::Result<RequestLog> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+    /// Opens (appends to) `path`, rotating to `path.1 .. path.<keep>` past `max_bytes`,
+    /// with at most `queue_bytes` of lines waiting for the disk. The file is created
+    /// with mode 0600 (an existing one is narrowed to it), its missing directories 0700.
+    pub fn open(
+        path: &Path,
+        max_bytes: u64,
+        keep: usize,
+        queue_bytes: u64,
+    ) -> std::io::Result<RequestLog> {
+        if let Some(dir) = path.parent() {
+            private::create_parents(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = private::open_append(path)?;
         let size = file.metadata()?.len();
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let (tx, rx) = sync_channel::<Line>(QUEUE_LINES);
+        let queued = Arc::new(AtomicU64::new(0));
         let mut sink = Sink {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(256 * 1024, file),
             size,
             max_bytes: max_bytes.max(1),
             keep,
+            queued: queued.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("prefixcache-request-log".into())
@@ -97,6 +131,8 @@ impl RequestLog {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             dropped: AtomicU64::new(0),
+            queued,
+            queue_bytes,
             path: path.to_path_buf(),
         })
     }
@@ -105,37 +141,55 @@ impl RequestLog {
         &self.path
     }
 
-    /// Queues one record; never blocks.
-    pub fn write(&self, record: &Record<'_>) {
-        let mut line = match serde_json::to_vec(record) {
+    /// Queues one record with the request body the caller sent (valid JSON: it was
+    /// parsed before the request was served); never blocks.
+    pub fn write(&self, record: &Record<'_>, request: &Bytes) {
+        let head = match serde_json::to_vec(record) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "request log line could not be serialized");
                 return;
             }
         };
-        line.push(b'\n');
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = tx.as_ref() else {
-            return;
+        let line = Line {
+            head,
+            request: request.clone(),
         };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                if self
-                    .dropped
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(1000)
-                {
-                    tracing::warn!("request log cannot keep up; dropping lines");
-                }
-            }
+        let len = line.len();
+        if self.queued.fetch_add(len, Ordering::SeqCst) + len > self.queue_bytes {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            self.drop_line();
+            return;
+        }
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = match tx.as_ref() {
+            Some(tx) => tx.try_send(line).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            self.drop_line();
+        }
+    }
+
+    fn drop_line(&self) {
+        if self
+            .dropped
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1000)
+        {
+            tracing::warn!("request log cannot keep up; dropping lines");
         }
     }
 
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of lines waiting for the writer.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued.load(Ordering::SeqCst)
     }
 
     /// Flushes every queued line to disk and stops the writer (at shutdown).
@@ -162,17 +216,21 @@ struct Sink {
     size: u64,
     max_bytes: u64,
     keep: usize,
+    queued: Arc<AtomicU64>,
 }
 
 impl Sink {
-    fn run(&mut self, rx: &Receiver<Vec<u8>>) {
+    fn run(&mut self, rx: &Receiver<Line>) {
         loop {
             // Flush at least every second when traffic is light, so `tail -f` works.
             match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(line) => {
+                    let len = line.len();
                     if let Err(e) = self.write(&line) {
                         tracing::warn!(error = %e, path = %self.path.display(), "request log write failed");
                     }
+                    drop(line);
+                    self.queued.fetch_sub(len, Ordering::SeqCst);
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.out.flush();
@@ -184,12 +242,29 @@ impl Sink {
         let _ = self.out.get_ref().sync_all();
     }
 
-    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+    fn write(&mut self, line: &Line) -> std::io::Result<()> {
+        // `{...fields}` becomes `{...fields,"request":<body>}` + newline.
+        let head = line.head.strip_suffix(b"}").unwrap_or(&line.head);
+        let len = (head.len() + line.request.len() + 13) as u64;
+        if self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;
         }
-        self.out.write_all(line)?;
-        self.size += line.len() as u64;
+        self.out.write_all(head)?;
+        self.out.write_all(b",\"request\":")?;
+        // Line breaks in a JSON body are whitespace between tokens (inside strings they
+        // are escaped), so they become spaces: one record stays one line.
+        for (i, piece) in line
+            .request
+            .split(|&b| b == b'\n' || b == b'\r')
+            .enumerate()
+        {
+            if i > 0 {
+                self.out.write_all(b" ")?;
+            }
+            self.out.write_all(piece)?;
+        }
+        self.out.write_all(b"}\n")?;
+        self.size += len;
         Ok(())
     }
 
@@ -213,10 +288,7 @@ impl Sink {
             }
             std::fs::rename(&self.path, name(1))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let file = private::open_append(&self.path)?;
         self.out = BufWriter::with_capacity(256 * 1024, file);
         self.size = 0;
         Ok(())
@@ -255,7 +327,7 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn record<'a>(raw: &'a RawValue) -> Record<'a> {
+    fn record() -> Record<'static> {
         Record {
             ts: rfc3339_ms(0),
             route: "chat_completions",
@@ -271,7 +343,6 @@ mod tests {
             cost_usd: None,
             saved_usd: None,
             breakpoint: None,
-            request: raw,
         }
     }
 
@@ -286,10 +357,10 @@ mod tests {
     fn lines_are_json_with_the_raw_request_and_rotate_by_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("requests.jsonl");
-        let raw = RawValue::from_string(r#"{"model": "m",  "messages": []}"#.into()).unwrap();
-        let log = RequestLog::open(&path, 600, 2).unwrap();
+        let raw = Bytes::from_static(b"{\"model\": \"m\",  \"messages\": []}");
+        let log = RequestLog::open(&path, 600, 2, 1 << 20).unwrap();
         for _ in 0..10 {
-            log.write(&record(&raw));
+            log.write(&record(), &raw);
         }
         log.close();
         let mut lines = Vec::new();
@@ -313,5 +384,58 @@ mod tests {
             lines[0].contains(r#""request":{"model": "m",  "messages": []}"#),
             "request bytes are kept as sent"
         );
+    }
+
+    #[test]
+    fn a_pretty_printed_body_stays_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        let raw = Bytes::from_static(b"{\r\n  \"model\": \"m\",\n  \"messages\": [\"a\\nb\"]\n}");
+        let log = RequestLog::open(&path, 1 << 20, 1, 1 << 20).unwrap();
+        log.write(&record(), &raw);
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["request"]["messages"][0], "a\nb");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        let log = RequestLog::open(&path, 1 << 30, 1, 4096).unwrap();
+        // One line larger than the whole queue is dropped, not held.
+        let big = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(8192)));
+        log.write(&record(), &big);
+        assert_eq!(log.dropped(), 1);
+        assert_eq!(log.queued_bytes(), 0);
+        log.write(&record(), &Bytes::from_static(b"{}"));
+        log.close();
+        assert_eq!(log.queued_bytes(), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_log_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/requests.jsonl");
+        let log = RequestLog::open(&path, 300, 1, 1 << 20).unwrap();
+        for _ in 0..5 {
+            log.write(&record(), &Bytes::from_static(b"{}"));
+        }
+        log.close();
+        for p in [path.clone(), dir.path().join("logs/requests.jsonl.1")] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+        let mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

@@ -17,6 +17,7 @@ use prefixcache_store::{CacheStore, Clock, Entry, StoreError};
 use tokio_util::task::TaskTracker;
 
 use crate::accounting::CacheableMemo;
+use crate::admission::Admission;
 use crate::breakpoints::Breakpoints;
 use crate::dashboard::Dashboard;
 use crate::flight::Flights;
@@ -40,6 +41,8 @@ pub struct Inner {
     pub tenancy: Tenancy,
     pub clock: Arc<dyn Clock>,
     pub flights: Flights,
+    /// Budgets of connections, requests and body bytes (`[limits]`).
+    pub admission: Arc<Admission>,
     /// Memo of recent prefix windows: static system prompts recur constantly.
     pub families: FamilyMemo,
     /// The fail-open guard of the store, when it has one (degraded state for `/readyz`).
@@ -64,6 +67,9 @@ pub struct Inner {
     pub drift: WhitespaceDrift,
     /// Dynamic-content findings per recent family.
     pub lint_memo: LintMemo,
+    /// Elements of a token-id prompt the request tree keeps: enough for the largest
+    /// family window of any strategy.
+    prompt_elements: usize,
     /// Learned prompt boundaries per namespace and family (automatic breakpoints).
     pub breakpoints: Breakpoints,
     /// Strategy names as `'static` metric labels (see [`AppState::strategy_label`]).
@@ -163,12 +169,16 @@ impl AppState {
             .map_err(|e| StateError::Pricing(e.to_string()))?;
         let request_log = match &config.log.path {
             Some(path) => Some(
-                RequestLog::open(path, config.log.max_bytes, config.log.keep).map_err(
-                    |source| StateError::RequestLog {
-                        path: path.display().to_string(),
-                        source,
-                    },
-                )?,
+                RequestLog::open(
+                    path,
+                    config.log.max_bytes,
+                    config.log.keep,
+                    config.log.queue_bytes,
+                )
+                .map_err(|source| StateError::RequestLog {
+                    path: path.display().to_string(),
+                    source,
+                })?,
             ),
             None => None,
         };
@@ -201,7 +211,23 @@ impl AppState {
                 (s.name.clone(), label)
             })
             .collect();
+        let prompt_elements = config
+            .strategies
+            .iter()
+            .map(|s| {
+                prefixcache_core::prefix::window_limit(
+                    s.prefix_granularity.max(s.min_prefix_tokens),
+                )
+            })
+            .max()
+            .unwrap_or(prefixcache_core::prefix::MAX_WINDOW_BYTES)
+            + 64;
         let metrics = Metrics::new();
+        let admission = Arc::new(Admission::new(
+            &config.limits,
+            metrics.rejected.clone(),
+            metrics.client_timeouts.clone(),
+        ));
         metrics.init_request_series(strategy_labels.values().copied());
         let dashboard = Dashboard::new(
             config
@@ -218,6 +244,7 @@ impl AppState {
                 store,
                 clock,
                 flights: Flights::default(),
+                admission,
                 families: FamilyMemo::default(),
                 guard: None,
                 metrics,
@@ -230,6 +257,7 @@ impl AppState {
                 unpriced: Mutex::new(HashSet::new()),
                 drift: WhitespaceDrift::default(),
                 lint_memo: LintMemo::new(crate::warnings::MEMO_FAMILIES),
+                prompt_elements,
                 breakpoints: Breakpoints::default(),
                 strategy_labels,
                 lint_logged: Mutex::new(HashMap::new()),
@@ -257,6 +285,14 @@ impl AppState {
 
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// What the request tree of a body of `len` bytes may hold.
+    pub fn tree_limits(&self, len: usize) -> prefixcache_core::wire::TreeLimits {
+        prefixcache_core::wire::TreeLimits {
+            prompt_elements: self.prompt_elements,
+            ..prefixcache_core::wire::TreeLimits::for_body(len)
+        }
     }
 
     /// Looks a key up. A store error or timeout is recorded and becomes a miss: the

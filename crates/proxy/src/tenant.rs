@@ -8,6 +8,7 @@ use std::path::Path;
 use axum::http::{HeaderMap, HeaderName, header};
 use prefixcache_core::config::TenantMode;
 use prefixcache_core::key::{Namespace, TenantSecret, hex};
+use prefixcache_store::private;
 
 /// Name of the generated secret file inside `store.data_dir`.
 pub const SECRET_FILE: &str = "tenant.secret";
@@ -138,12 +139,17 @@ impl Tenancy {
     }
 }
 
-/// Reads `<data_dir>/tenant.secret`, creating it (32 random bytes, hex, mode 0600) on
-/// first start. Runs before the server starts, so blocking file I/O is fine here.
+/// Reads `<data_dir>/tenant.secret`, creating it (32 random bytes, hex, mode 0600, in a
+/// 0700 directory) on first start; an existing file is narrowed to 0600. Runs before
+/// the server starts, so blocking file I/O is fine here.
 pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().to_string()),
+        Ok(s) if s.trim().len() >= 16 => {
+            private::create_dir(data_dir)?;
+            private::restrict(&path)?;
+            return Ok(s.trim().to_string());
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -153,16 +159,9 @@ pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(data_dir)?;
+    private::create_dir(data_dir)?;
     let secret = hex(&rand::random::<[u8; 32]>());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(&path) {
+    match private::options().write(true).create_new(true).open(&path) {
         Ok(mut f) => {
             f.write_all(secret.as_bytes())?;
             f.sync_all()?;

@@ -163,7 +163,7 @@ impl DiskStore {
         max_bytes: u64,
         clock: Arc<dyn Clock>,
     ) -> Result<DiskStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        crate::private::create_dir(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join(FILE_NAME);
@@ -439,8 +439,22 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Backend(format!("disk read task failed: {e}")))?
 }
 
+/// Opens or creates the database file, readable by the proxy's user only: it holds
+/// every tenant's answers.
+fn create_private(path: &Path) -> Result<Database, DatabaseError> {
+    let private = crate::private::options()
+        .create(true)
+        .write(true)
+        .open(path)
+        .and_then(|_| crate::private::restrict(path));
+    if let Err(e) = private {
+        return Err(DatabaseError::Storage(StorageError::Io(e)));
+    }
+    Database::create(path)
+}
+
 fn open_or_replace(path: &Path, now_ms: u64) -> Result<Database, StoreError> {
-    match Database::create(path) {
+    match create_private(path) {
         Ok(db) => Ok(db),
         Err(DatabaseError::Storage(StorageError::Corrupted(why))) => {
             replace(path, now_ms, &format!("corrupted: {why}"))
@@ -472,7 +486,7 @@ fn replace(path: &Path, now_ms: u64, why: &str) -> Result<Database, StoreError> 
     std::fs::rename(path, &aside).map_err(|e| {
         StoreError::Unavailable(format!("cannot move aside {}: {e}", path.display()))
     })?;
-    Database::create(path)
+    create_private(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", path.display())))
 }
 

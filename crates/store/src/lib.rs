@@ -12,6 +12,7 @@
 //! - [`redis`]: Redis and Redis Cluster (redis-rs), shared by replicas.
 //! - [`tiered`]: a memory tier in front of another store, and its freshness rules.
 //! - [`guard`]: the fail-open guard: timeouts and a circuit breaker around a store.
+//! - [`private`]: directories and files readable by the proxy's user only.
 //! - `open.rs`: [`open`], which builds the configured store for the proxy.
 //! - `lib.rs`: the trait, the entry, errors, stats and purge filters.
 
@@ -21,6 +22,7 @@ pub mod entry;
 pub mod guard;
 pub mod memory;
 mod open;
+pub mod private;
 pub mod redis;
 pub mod tiered;
 

@@ -98,6 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for name in &config.ignored_env {
         tracing::warn!(name = %name, "environment variable names no config key; ignored (see docs/configuration.md)");
     }
+    if let (Some(addr), None) = (config.admin.listen, &config.admin.token) {
+        // Only loopback gets here (the config refuses other addresses without a token).
+        tracing::warn!(%addr, "the admin listener has no admin.token: anyone on this host can purge the cache and read the dashboard");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

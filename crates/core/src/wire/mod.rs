@@ -1,4 +1,5 @@
-//! OpenAI wire handling around the cache: what a request asks for ([`request_flags`]),
+//! OpenAI wire handling around the cache: the members of a request the proxy reads
+//! ([`parse_request`]), what a request asks for ([`request_flags`]),
 //! the bytes forwarded upstream ([`prepare_upstream_body`]), usage and completeness of
 //! a stored response ([`json_usage`], [`json_is_complete`]), rendering an entry in the
 //! other form ([`json_to_sse`], [`sse_to_json`], [`replay_sse`]) and the optional body
@@ -10,6 +11,7 @@
 
 pub mod anthropic;
 pub mod fuzzing;
+mod parse;
 mod render;
 mod request;
 
@@ -22,7 +24,8 @@ use crate::route::Route;
 use crate::sse::{self, SseEvent, StreamAssembler};
 use crate::usage::Usage;
 
-pub use render::json_to_sse;
+pub use parse::{ParsedRequest, TreeLimits, parse_request};
+pub use render::{SseRendering, json_to_sse};
 pub use request::{
     Injections, RequestFlags, ServerState, Splice, apply_splices, breakpoint_splice, plan_splices,
     prepare_upstream_body, request_flags,

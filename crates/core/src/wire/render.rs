@@ -21,7 +21,8 @@ use crate::route::Route;
 const MAX_PIECE_BYTES: usize = 24;
 
 /// Renders a stored non-streamed response as the SSE events the API would have sent,
-/// each a complete event (`data: ...\n\n`, with `event:` lines for responses).
+/// each a complete event (`data: ...\n\n`, with `event:` lines for responses), all at
+/// once. [`SseRendering`] gives them one at a time.
 ///
 /// Chat completions: a role chunk, content (or refusal) pieces, `tool_calls` and
 /// legacy `function_call` pieces, a finish chunk per choice, then the usage-only chunk
@@ -35,57 +36,182 @@ pub fn json_to_sse(
     json: &[u8],
     include_usage: bool,
 ) -> Result<Vec<Bytes>, WireError> {
-    if !route.can_stream() {
-        return Err(WireError::NotStreamable(route));
+    let mut out = Vec::new();
+    SseRendering::new(route, json, include_usage)?.render(&mut |event| {
+        out.push(event);
+        true
+    })?;
+    Ok(out)
+}
+
+/// A stored response checked for rendering as SSE: every shape error is found by
+/// [`SseRendering::new`], so [`SseRendering::render`] hands out events one at a time,
+/// as a reader takes them, without holding them all (a 20 MiB answer is about seven
+/// times that in events).
+#[derive(Debug)]
+pub struct SseRendering {
+    route: Route,
+    obj: Map<String, Value>,
+    include_usage: bool,
+}
+
+impl SseRendering {
+    /// Parses and checks a stored response (see [`json_to_sse`]).
+    pub fn new(route: Route, json: &[u8], include_usage: bool) -> Result<SseRendering, WireError> {
+        if !route.can_stream() {
+            return Err(WireError::NotStreamable(route));
+        }
+        let obj = match serde_json::from_slice::<Value>(json)? {
+            Value::Object(o) => o,
+            _ => return Err(WireError::NotAnObject),
+        };
+        if route != Route::Responses {
+            check_choices(route, &obj)?;
+        }
+        Ok(SseRendering {
+            route,
+            obj,
+            include_usage,
+        })
     }
-    let obj = match serde_json::from_slice::<Value>(json)? {
-        Value::Object(o) => o,
-        _ => return Err(WireError::NotAnObject),
+
+    /// Renders the events in order into `emit`; stops early when `emit` returns
+    /// `false` (the reader is gone).
+    pub fn render(self, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), WireError> {
+        let mut out = Out {
+            emit,
+            stopped: false,
+        };
+        match self.route {
+            Route::Responses => {
+                response_events(self.obj, &mut out);
+                Ok(())
+            }
+            route => choices_events(route, self.obj, self.include_usage, &mut out),
+        }
+    }
+}
+
+/// The shape errors rendering choices can meet, found before any event is sent.
+fn check_choices(route: Route, obj: &Map<String, Value>) -> Result<(), WireError> {
+    let Some(Value::Array(choices)) = obj.get("choices") else {
+        return Err(WireError::Shape("no choices array"));
     };
-    match route {
-        Route::Responses => Ok(response_events(obj)),
-        _ => choices_events(route, obj, include_usage),
+    for choice in choices {
+        let Value::Object(choice) = choice else {
+            return Err(WireError::Shape("a choice is not an object"));
+        };
+        if route == Route::ChatCompletions {
+            if !matches!(
+                choice.get("message"),
+                None | Some(Value::Null | Value::Object(_))
+            ) {
+                return Err(WireError::Shape("message is not an object"));
+            }
+        } else if !matches!(
+            choice.get("text"),
+            None | Some(Value::Null | Value::String(_))
+        ) {
+            return Err(WireError::Shape("text is not a string"));
+        }
+    }
+    Ok(())
+}
+
+/// Where rendered events go, until the reader stops taking them.
+struct Out<'a> {
+    emit: &'a mut dyn FnMut(Bytes) -> bool,
+    stopped: bool,
+}
+
+impl Out<'_> {
+    fn push(&mut self, event: Bytes) {
+        if !self.stopped && !(self.emit)(event) {
+            self.stopped = true;
+        }
     }
 }
 
 /// Cuts text into word-sized pieces: each starts with the whitespace before its word.
-pub(crate) fn pieces(s: &str) -> Vec<&str> {
-    let mut out = Vec::with_capacity(s.len() / 5 + 1);
-    let mut start = 0;
-    let mut in_word = false;
-    for (i, c) in s.char_indices() {
-        let ws = c.is_whitespace();
-        if i > start && ((ws && in_word) || i - start >= MAX_PIECE_BYTES) {
-            out.push(&s[start..i]);
-            start = i;
-        }
-        in_word = !ws;
-    }
-    if start < s.len() {
-        out.push(&s[start..]);
-    }
-    out
+/// An iterator, so a long text is never held as a list of pieces.
+pub(crate) fn pieces(s: &str) -> Pieces<'_> {
+    Pieces { s, start: 0 }
 }
 
-/// Deals `lens.len()` tokens (of the given byte lengths) out to the pieces: each piece
-/// gets the tokens that end within it; the last piece takes whatever is left.
-fn partition(lens: &[usize], pieces: &[&str]) -> Vec<Range<usize>> {
-    let mut out = Vec::with_capacity(pieces.len());
-    let (mut i, mut tok_bytes, mut piece_bytes) = (0, 0, 0);
-    for (k, p) in pieces.iter().enumerate() {
-        piece_bytes += p.len();
-        let start = i;
-        if k + 1 == pieces.len() {
-            i = lens.len();
+/// See [`pieces`].
+#[derive(Debug, Clone)]
+pub(crate) struct Pieces<'a> {
+    s: &'a str,
+    start: usize,
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = &self.s[self.start..];
+        if rest.is_empty() {
+            return None;
+        }
+        let mut in_word = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            let ws = c.is_whitespace();
+            if i > 0 && ((ws && in_word) || i >= MAX_PIECE_BYTES) {
+                end = i;
+                break;
+            }
+            in_word = !ws;
+        }
+        self.start += end;
+        Some(&rest[..end])
+    }
+}
+
+/// Deals tokens of the given byte lengths out to pieces as they come: each piece gets
+/// the tokens that end within it; the last piece takes whatever is left.
+struct Dealer<'a> {
+    lens: &'a [usize],
+    i: usize,
+    tok_bytes: usize,
+    piece_bytes: usize,
+}
+
+impl<'a> Dealer<'a> {
+    fn new(lens: &'a [usize]) -> Dealer<'a> {
+        Dealer {
+            lens,
+            i: 0,
+            tok_bytes: 0,
+            piece_bytes: 0,
+        }
+    }
+
+    fn deal(&mut self, piece_len: usize, last: bool) -> Range<usize> {
+        self.piece_bytes += piece_len;
+        let start = self.i;
+        if last {
+            self.i = self.lens.len();
         } else {
-            while i < lens.len() && tok_bytes + lens[i] <= piece_bytes {
-                tok_bytes += lens[i];
-                i += 1;
+            while self.i < self.lens.len() && self.tok_bytes + self.lens[self.i] <= self.piece_bytes
+            {
+                self.tok_bytes += self.lens[self.i];
+                self.i += 1;
             }
         }
-        out.push(start..i);
+        start..self.i
     }
-    out
+}
+
+/// [`Dealer`] over a whole list of pieces.
+#[cfg(test)]
+fn partition(lens: &[usize], pieces: &[&str]) -> Vec<Range<usize>> {
+    let mut d = Dealer::new(lens);
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(k, p)| d.deal(p.len(), k + 1 == pieces.len()))
+        .collect()
 }
 
 /// The chunk envelope shared by every chunk of one rendered stream.
@@ -125,7 +251,8 @@ fn choices_events(
     route: Route,
     mut obj: Map<String, Value>,
     include_usage: bool,
-) -> Result<Vec<Bytes>, WireError> {
+    out: &mut Out<'_>,
+) -> Result<(), WireError> {
     let chat = route == Route::ChatCompletions;
     let choices = match obj.remove("choices") {
         Some(Value::Array(c)) => c,
@@ -158,22 +285,21 @@ fn choices_events(
         include_usage,
     };
 
-    let mut out = Vec::new();
     for choice in choices {
         let Value::Object(choice) = choice else {
             return Err(WireError::Shape("a choice is not an object"));
         };
         if chat {
-            chat_choice(&frame, choice, &mut out)?;
+            chat_choice(&frame, choice, out)?;
         } else {
-            text_choice(&frame, choice, &mut out)?;
+            text_choice(&frame, choice, out)?;
         }
     }
     if include_usage && let Some(u) = usage {
         out.push(frame.usage_chunk(&u));
     }
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    Ok(out)
+    Ok(())
 }
 
 /// One choice of a chunk, fields in the API's order.
@@ -231,25 +357,24 @@ fn chat_token_len(entry: &Value) -> usize {
     }
 }
 
-/// Splits `logprobs[key]` (a list of token entries) along the pieces of that text.
-fn chat_logprob_parts(lp: Option<&Value>, key: &str, pieces: &[&str]) -> Option<Vec<Value>> {
+/// The token entries of `logprobs[key]` and their byte lengths, when the text has
+/// pieces to deal them out to.
+fn chat_logprob_entries<'a>(
+    lp: Option<&'a Value>,
+    key: &str,
+    text: &str,
+) -> Option<(&'a [Value], Vec<usize>)> {
     let entries = lp?.get(key)?.as_array()?;
-    if pieces.is_empty() {
+    if text.is_empty() {
         return None;
     }
-    let lens: Vec<usize> = entries.iter().map(chat_token_len).collect();
-    Some(
-        partition(&lens, pieces)
-            .into_iter()
-            .map(|r| Value::Array(entries[r].to_vec()))
-            .collect(),
-    )
+    Some((entries, entries.iter().map(chat_token_len).collect()))
 }
 
 fn chat_choice(
     frame: &Frame,
     mut choice: Map<String, Value>,
-    out: &mut Vec<Bytes>,
+    out: &mut Out<'_>,
 ) -> Result<(), WireError> {
     let index = choice.remove("index").unwrap_or(Value::from(0));
     let mut msg = match choice.remove("message") {
@@ -266,16 +391,15 @@ fn chat_choice(
     let role = msg.remove("role");
     let content = msg.remove("content");
     let refusal = msg.remove("refusal");
-    let content_pieces = match &content {
-        Some(Value::String(s)) => pieces(s),
-        _ => Vec::new(),
-    };
-    let refusal_pieces = match &refusal {
-        Some(Value::String(s)) => pieces(s),
-        _ => Vec::new(),
-    };
-    let lp_content = chat_logprob_parts(logprobs.as_ref(), "content", &content_pieces);
-    let lp_refusal = chat_logprob_parts(logprobs.as_ref(), "refusal", &refusal_pieces);
+    fn text_of(v: &Option<Value>) -> &str {
+        match v {
+            Some(Value::String(s)) => s,
+            _ => "",
+        }
+    }
+    let (content_text, refusal_text) = (text_of(&content), text_of(&refusal));
+    let lp_content = chat_logprob_entries(logprobs.as_ref(), "content", content_text);
+    let lp_refusal = chat_logprob_entries(logprobs.as_ref(), "refusal", refusal_text);
     // The head chunk's logprobs: the stored object with the split lists emptied, so
     // the pieces' entries extend them.
     let lp_head = logprobs.as_ref().map(|lp| match lp {
@@ -345,21 +469,27 @@ fn chat_choice(
     }
     out.push(chunk(delta(&head), lp_head, &null, true));
 
-    for (key, ps, parts) in [
-        ("content", &content_pieces, &lp_content),
-        ("refusal", &refusal_pieces, &lp_refusal),
+    for (key, text, parts) in [
+        ("content", content_text, &lp_content),
+        ("refusal", refusal_text, &lp_refusal),
     ] {
-        for (k, p) in ps.iter().enumerate() {
-            let lp = match parts {
-                Some(parts) => {
+        let mut dealer = parts.as_ref().map(|(_, lens)| Dealer::new(lens));
+        let mut ps = pieces(text).peekable();
+        while let Some(p) = ps.next() {
+            if out.stopped {
+                return Ok(());
+            }
+            let lp = match (&mut dealer, parts) {
+                (Some(dealer), Some((entries, _))) => {
+                    let range = dealer.deal(p.len(), ps.peek().is_none());
                     let mut o = Map::new();
-                    o.insert(key.into(), parts[k].clone());
+                    o.insert(key.into(), Value::Array(entries[range].to_vec()));
                     Some(Value::Object(o))
                 }
-                None => lp_rest.clone(),
+                _ => lp_rest.clone(),
             };
             out.push(chunk(
-                delta(&[(key, &Value::String((*p).into()))]),
+                delta(&[(key, &Value::String(p.into()))]),
                 lp,
                 &null,
                 false,
@@ -393,7 +523,10 @@ fn chat_choice(
         let mut d = ObjectWriter::with_capacity(head_call.len() + 16);
         d.field_raw("tool_calls", &[b"[", &head_call[..], b"]"].concat());
         out.push(chunk(d.finish_vec(), lp_rest.clone(), &null, false));
-        for p in args.as_deref().map(pieces).unwrap_or_default() {
+        for p in pieces(args.as_deref().unwrap_or("")) {
+            if out.stopped {
+                return Ok(());
+            }
             let mut piece = ObjectWriter::with_capacity(64);
             piece.field("index", &i);
             piece.field_raw(
@@ -425,6 +558,9 @@ fn chat_choice(
             false,
         ));
         for p in pieces(&args) {
+            if out.stopped {
+                return Ok(());
+            }
             let piece = delta(&[("arguments", &Value::String(p.into()))]);
             let mut d = ObjectWriter::with_capacity(piece.len() + 20);
             d.field_raw("function_call", &piece);
@@ -439,7 +575,7 @@ fn chat_choice(
 fn text_choice(
     frame: &Frame,
     mut choice: Map<String, Value>,
-    out: &mut Vec<Bytes>,
+    out: &mut Out<'_>,
 ) -> Result<(), WireError> {
     let index = choice.remove("index").unwrap_or(Value::from(0));
     let text = match choice.remove("text") {
@@ -451,47 +587,48 @@ fn text_choice(
     let logprobs = choice.remove("logprobs");
     let extra = choice;
     let null = Value::Null;
-    let ps = pieces(&text);
 
     // Legacy logprobs are parallel lists (tokens, token_logprobs, top_logprobs,
     // text_offset): each piece gets the same slice of every list.
-    let parts: Option<Vec<Value>> = match &logprobs {
-        Some(Value::Object(lp)) if !ps.is_empty() => {
+    let split: Option<(&Map<String, Value>, usize, Vec<usize>)> = match &logprobs {
+        Some(Value::Object(lp)) if !text.is_empty() => {
             lp.get("tokens").and_then(Value::as_array).map(|tokens| {
-                let lens: Vec<usize> = tokens
+                let lens = tokens
                     .iter()
                     .map(|t| t.as_str().map_or(0, str::len))
                     .collect();
-                partition(&lens, &ps)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, r)| {
-                        let mut part = Map::new();
-                        for (key, v) in lp {
-                            match v {
-                                Value::Array(a) if a.len() == tokens.len() => {
-                                    part.insert(key.clone(), Value::Array(a[r.clone()].to_vec()));
-                                }
-                                _ if k == 0 => {
-                                    part.insert(key.clone(), v.clone());
-                                }
-                                _ => {}
-                            }
-                        }
-                        Value::Object(part)
-                    })
-                    .collect()
+                (lp, tokens.len(), lens)
             })
         }
         _ => None,
     };
     let lp_rest = logprobs.as_ref().map(|_| Value::Null);
 
-    for (k, p) in ps.iter().enumerate() {
-        let lp = match &parts {
-            Some(parts) => Some(parts[k].clone()),
-            None if k == 0 => logprobs.clone(),
-            None => lp_rest.clone(),
+    let mut dealer = split.as_ref().map(|(_, _, lens)| Dealer::new(lens));
+    let mut ps = pieces(&text).enumerate().peekable();
+    while let Some((k, p)) = ps.next() {
+        if out.stopped {
+            return Ok(());
+        }
+        let lp = match (&mut dealer, &split) {
+            (Some(dealer), Some((lp, n, _))) => {
+                let r = dealer.deal(p.len(), ps.peek().is_none());
+                let mut part = Map::new();
+                for (key, v) in *lp {
+                    match v {
+                        Value::Array(a) if a.len() == *n => {
+                            part.insert(key.clone(), Value::Array(a[r.clone()].to_vec()));
+                        }
+                        _ if k == 0 => {
+                            part.insert(key.clone(), v.clone());
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Value::Object(part))
+            }
+            _ if k == 0 => logprobs.clone(),
+            _ => lp_rest.clone(),
         };
         out.push(
             frame.chunk(
@@ -507,7 +644,7 @@ fn text_choice(
             ),
         );
     }
-    let last_lp = if ps.is_empty() { logprobs } else { lp_rest };
+    let last_lp = if text.is_empty() { logprobs } else { lp_rest };
     out.push(
         frame.chunk(
             &ChoiceOut {
@@ -516,7 +653,7 @@ fn text_choice(
                 text: Some(""),
                 logprobs: last_lp,
                 finish_reason: &finish,
-                extra: ps.is_empty().then_some(&extra),
+                extra: text.is_empty().then_some(&extra),
             }
             .write(),
         ),
@@ -525,12 +662,12 @@ fn text_choice(
 }
 
 /// Writes the events of a responses stream, numbering them.
-struct EventSink {
-    out: Vec<Bytes>,
+struct EventSink<'o, 'e> {
+    out: &'o mut Out<'e>,
     seq: u64,
 }
 
-impl EventSink {
+impl EventSink<'_, '_> {
     fn emit(&mut self, kind: &str, fields: &[(&str, &Value)]) {
         let mut w = ObjectWriter::with_capacity(128);
         w.field("type", &Value::String(kind.into()));
@@ -562,17 +699,14 @@ fn with(v: &Value, changes: &[(&str, Value)]) -> Value {
     v
 }
 
-fn response_events(resp: Map<String, Value>) -> Vec<Bytes> {
+fn response_events(resp: Map<String, Value>, out: &mut Out<'_>) {
     let resp = Value::Object(resp);
     let output: Vec<Value> = resp
         .get("output")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let mut s = EventSink {
-        out: Vec::with_capacity(8 + output.len() * 8),
-        seq: 0,
-    };
+    let mut s = EventSink { out, seq: 0 };
     let in_progress = Value::String("in_progress".into());
     let empty_list = Value::Array(Vec::new());
     let empty_str = Value::String(String::new());
@@ -649,6 +783,9 @@ fn response_events(resp: Map<String, Value>) -> Vec<Bytes> {
                         &[at[0], at[1], at[2], ("part", &added_part)],
                     );
                     for p in pieces(text) {
+                        if s.out.stopped {
+                            return;
+                        }
                         let p = Value::String(p.into());
                         if ptype == "output_text" {
                             s.emit(
@@ -695,6 +832,9 @@ fn response_events(resp: Map<String, Value>) -> Vec<Bytes> {
                     &[("output_index", &oi), ("item", &added)],
                 );
                 for p in pieces(args) {
+                    if s.out.stopped {
+                        return;
+                    }
                     let p = Value::String(p.into());
                     s.emit(
                         "response.function_call_arguments.delta",
@@ -733,7 +873,6 @@ fn response_events(resp: Map<String, Value>) -> Vec<Bytes> {
         _ => "response.completed",
     };
     s.emit(terminal, &[("response", &resp)]);
-    s.out
 }
 
 #[cfg(test)]
@@ -742,6 +881,7 @@ mod tests {
 
     #[test]
     fn pieces_are_words_with_leading_whitespace() {
+        let pieces = |s| pieces(s).collect::<Vec<_>>();
         assert_eq!(
             pieces("Hello world, how  are\nyou"),
             ["Hello", " world,", " how", "  are", "\nyou"]
@@ -764,6 +904,36 @@ mod tests {
         // more pieces than tokens: empty ranges, the last one takes the rest
         assert_eq!(partition(&[11], &["Hello", " world"]), vec![0..0, 0..1]);
         assert_eq!(partition(&[], &["a"]), vec![0..0]);
+    }
+
+    #[test]
+    fn events_are_handed_out_one_at_a_time_and_stop_when_the_reader_does() {
+        let json = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "word ".repeat(5000)}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 5000, "total_tokens": 5001},
+        });
+        let bytes = serde_json::to_vec(&json).unwrap();
+        let all = json_to_sse(Route::ChatCompletions, &bytes, true).unwrap();
+        assert!(all.len() > 5000);
+        let mut seen = 0;
+        SseRendering::new(Route::ChatCompletions, &bytes, true)
+            .unwrap()
+            .render(&mut |event| {
+                assert_eq!(event, all[seen]);
+                seen += 1;
+                seen < 10
+            })
+            .unwrap();
+        assert_eq!(seen, 10, "rendering stopped when the reader did");
+        // Every shape error is found before the first event.
+        let bad = serde_json::json!({"choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"content": "x"}}, 3]});
+        let bad = serde_json::to_vec(&bad).unwrap();
+        assert!(SseRendering::new(Route::ChatCompletions, &bad, false).is_err());
+        let bad = br#"{"choices": [{"index": 0, "text": 7}]}"#;
+        assert!(SseRendering::new(Route::Completions, bad, false).is_err());
     }
 
     #[test]

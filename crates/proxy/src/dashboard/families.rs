@@ -229,7 +229,8 @@ impl Families {
     /// Whether the next forwarded request of `family` should have its static prefix
     /// measured for the dashboard (see [`STATIC_SAMPLE_EVERY`]).
     pub fn wants_static_prefix(&self, family: FamilyId) -> bool {
-        self.lock().families.get(&family).is_some_and(|s| {
+        // A family not in the table yet is about to be: its first requests are measured.
+        self.lock().families.get(&family).is_none_or(|s| {
             s.static_prefix.is_none()
                 || s.forwarded < STATIC_FIRST
                 || s.forwarded % STATIC_SAMPLE_EVERY == 0
@@ -512,8 +513,8 @@ mod tests {
     fn the_static_prefix_is_measured_first_then_sampled() {
         let f = Families::default();
         assert!(
-            !f.wants_static_prefix(id(9)),
-            "unknown families are not measured"
+            f.wants_static_prefix(id(9)),
+            "a family's first request is measured before it is in the table"
         );
         f.request(id(1), "default", "chat_completions", Answer::Missed, 0);
         let mut measured = 0;

@@ -29,6 +29,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
+
+pub use limits::Limits;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_UPSTREAM: &str = "https://api.openai.com";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
@@ -49,6 +53,7 @@ pub const DEFAULT_PREFIX_GRANULARITY: usize = 50;
 pub const DEFAULT_MIN_PREFIX_TOKENS: usize = 20;
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_LOG_KEEP: usize = 5;
+pub const DEFAULT_LOG_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 /// Name of the strategy used when no configured one matches.
 pub const DEFAULT_STRATEGY: &str = "default";
 /// Prefix of every environment variable that sets a config key.
@@ -56,12 +61,12 @@ pub const ENV_PREFIX: &str = "PREFIXCACHE_";
 
 /// Sections whose scalar keys can be set from the environment as
 /// `PREFIXCACHE_<SECTION>_<KEY>`. Strategies are tables of tables and are file-only.
-const ENV_SECTIONS: [&str; 5] = ["store", "cache", "log", "admin", "pricing"];
+const ENV_SECTIONS: [&str; 6] = ["store", "cache", "log", "admin", "pricing", "limits"];
 
 /// Every scalar key an environment variable may set. Other `PREFIXCACHE_*` variables
 /// belong to other tools (`PREFIXCACHE_PYTHON` of the test suite, `PREFIXCACHE_REPLAY_*`
 /// of `replay --live`): they are reported in [`Config::ignored_env`], not rejected.
-pub const ENV_KEYS: [&str; 32] = [
+pub const ENV_KEYS: [&str; 43] = [
     "listen",
     "upstream",
     "upstream_api_key",
@@ -91,9 +96,20 @@ pub const ENV_KEYS: [&str; 32] = [
     "log.max_bytes",
     "log.keep",
     "log.format",
+    "log.queue_bytes",
     "admin.listen",
     "admin.token",
     "pricing.file",
+    "limits.header_read_timeout",
+    "limits.body_read_timeout",
+    "limits.body_min_rate",
+    "limits.idle_timeout",
+    "limits.http2_keep_alive_interval",
+    "limits.http2_keep_alive_timeout",
+    "limits.max_connections",
+    "limits.max_requests_in_flight",
+    "limits.max_body_bytes_in_flight",
+    "limits.max_response_bytes",
 ];
 
 /// A configuration problem, phrased so the user knows which key to fix.
@@ -239,6 +255,7 @@ struct RawConfig {
     log: RawLog,
     admin: RawAdmin,
     pricing: RawPricing,
+    limits: limits::RawLimits,
     strategies: BTreeMap<String, RawStrategy>,
 }
 
@@ -271,6 +288,7 @@ struct RawLog {
     max_bytes: Option<Scalar>,
     keep: Option<Scalar>,
     format: Option<String>,
+    queue_bytes: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -530,6 +548,8 @@ pub struct Config {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub pricing: PricingConfig,
+    /// `[limits]`: connections, requests, bytes and time a client may hold.
+    pub limits: Limits,
     /// Configured strategies in name order, then `default` (always present).
     pub strategies: Vec<Strategy>,
     /// `PREFIXCACHE_*` environment variables that set no config key (shown as a warning
@@ -696,6 +716,9 @@ pub struct LogConfig {
     pub max_bytes: u64,
     pub keep: usize,
     pub format: LogFormat,
+    /// Bytes of lines waiting for the writer thread; beyond it lines are dropped
+    /// (counted) rather than held.
+    pub queue_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1020,6 +1043,12 @@ impl RawConfig {
                 DEFAULT_LOG_MAX_BYTES,
             )?,
             keep: opt(&l.keep, "log.keep", Scalar::usize, DEFAULT_LOG_KEEP)?,
+            queue_bytes: opt(
+                &l.queue_bytes,
+                "log.queue_bytes",
+                Scalar::size,
+                DEFAULT_LOG_QUEUE_BYTES,
+            )?,
             format: match l.format.as_deref().unwrap_or("text") {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
@@ -1041,6 +1070,21 @@ impl RawConfig {
             },
             token: self.admin.token.clone().filter(|t| !t.is_empty()),
         };
+        if let Some(addr) = admin.listen
+            && admin.token.is_none()
+            && !addr.ip().is_loopback()
+        {
+            // Purge and the dashboard (which shows every tenant's families) must not be
+            // open to the network; on loopback only this host can reach them.
+            return Err(ConfigError::key(
+                "admin.listen",
+                format!(
+                    "{addr} is reachable from other hosts, and admin.token is not set: \
+                     set admin.token (PREFIXCACHE_ADMIN_TOKEN), or bind the admin listener \
+                     to 127.0.0.1 or [::1]"
+                ),
+            ));
+        }
 
         let pricing = PricingConfig {
             file: self
@@ -1058,6 +1102,8 @@ impl RawConfig {
                 },
             )?,
         };
+
+        let limits = self.limits.validate(max_body_bytes)?;
 
         let mut strategies = Vec::with_capacity(self.strategies.len() + 1);
         let mut default = Strategy::default_with_ttl(cache.default_ttl);
@@ -1087,6 +1133,7 @@ impl RawConfig {
             log,
             admin,
             pricing,
+            limits,
             strategies,
             ignored_env: Vec::new(),
         })
@@ -1283,6 +1330,10 @@ mod tests {
             "cache.tenant_secret" => "0123456789abcdef-0123",
             "log.format" => "json",
             "log.keep" => "3",
+            "limits.max_body_bytes_in_flight" => "1GiB",
+            "limits.body_min_rate" => "1KiB",
+            "limits.max_connections" | "limits.max_requests_in_flight" => "8",
+            "limits.http2_keep_alive_interval" => "5s",
             "upstream_proxy" => "http://127.0.0.1:3128",
             "upstream_native_roots" => "true",
             "shutdown_delay" => "5s",
@@ -1505,6 +1556,21 @@ output = 8.0
             .unwrap_err()
             .to_string();
         assert!(e.contains("cache.tenant_headers"), "{e}");
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let e = load("[admin]\nlisten = \"0.0.0.0:9090\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("admin.listen") && e.contains("admin.token"),
+            "{e}"
+        );
+        assert!(load("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t0ken\"").is_ok());
+        let c = load("[admin]\nlisten = \"127.0.0.1:9090\"").unwrap();
+        assert!(c.admin.listen.is_some() && c.admin.token.is_none());
+        assert!(load("[admin]\nlisten = \"[::1]:9090\"").is_ok());
     }
 
     #[test]
