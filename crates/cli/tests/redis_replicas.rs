@@ -255,9 +255,12 @@ async fn killing_redis_under_load_fails_no_request() {
             .iter()
             .all(|(_, c)| c == "MISS" || c == "HIT" || c == "COALESCED")
     );
+    // A store that did not come back gives no HIT at all (no memory tier). How many of the
+    // rest are HITs rather than COALESCED joins of a concurrent miss depends on the
+    // machine's scheduling, so the bound is half, not a count tuned to one machine.
     let hits_after = after.iter().filter(|(_, c)| c == "HIT").count();
     assert!(
-        hits_after > 300,
+        hits_after >= after.len() / 2,
         "hits return after the restart: {hits_after} of {}",
         after.len()
     );
